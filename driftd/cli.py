@@ -1,0 +1,604 @@
+"""driftd's command line: parses options, calls the engine, prints the result.
+
+Exit status of ``scan`` and ``diff``: 0 no drift, 2 drift found, 3 no drift
+but some hosts could not be checked, 1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path as FsPath
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_HELP = """Exit status: 0 no drift, 2 drift found, 3 no drift but some hosts
+could not be checked (unreachable, failed, partial or without a baseline),
+1 error."""
+
+
+# --- options shared by every command ------------------------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if value is not None and param.name is not None:
+        root.obj[param.name] = value
+
+    return value
+
+
+def global_options(function: F) -> F:
+    """-i, --config, --db, --baselines and -v, accepted before or after a command."""
+    options = [
+        click.option(
+            "-i",
+            "--inventory",
+            metavar="SOURCE",
+            expose_value=False,
+            callback=_remember,
+            help="Ansible inventory: anything `ansible -i` takes (default: localhost).",
+        ),
+        click.option(
+            "--config",
+            metavar="FILE",
+            expose_value=False,
+            callback=_remember,
+            envvar="DRIFTD_CONFIG",
+            help="Config file (also $DRIFTD_CONFIG).",
+        ),
+        click.option(
+            "--db",
+            metavar="PATH",
+            expose_value=False,
+            callback=_remember,
+            help="History database.",
+        ),
+        click.option(
+            "--baselines",
+            metavar="DIR",
+            expose_value=False,
+            callback=_remember,
+            help="Baselines directory.",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            expose_value=False,
+            callback=_remember,
+            help="Log more (-v info, -vv debug), to stderr.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+
+    return function
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for programs."
+)
+
+
+def settings() -> Any:
+    """The settings in force for this command: defaults, config file, options."""
+    from driftd import config
+
+    obj = click.get_current_context().find_root().obj or {}
+    loaded = config.load(obj.get("config"))
+
+    return config.apply(
+        loaded,
+        {
+            "inventory": obj.get("inventory"),
+            "db": obj.get("db"),
+            "baselines": obj.get("baselines"),
+        },
+    )
+
+
+def _setup_logging() -> None:
+    from driftd import log
+
+    verbosity = (click.get_current_context().find_root().obj or {}).get("verbose", 0)
+    log.configure(level={0: "warning", 1: "info"}.get(verbosity, "debug"))
+
+
+# --- printing -----------------------------------------------------------------------
+
+
+def _show(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "-"
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    )
+    text = text.replace("\n", "\\n")
+
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    if not rows:
+        return
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    click.echo(line.rstrip())
+    for row in cells:
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _print_json(document: Any) -> None:
+    click.echo(
+        json.dumps(document, indent=2, sort_keys=True, ensure_ascii=True, default=str)
+    )
+
+
+def _print_items(host: str, items: Iterable[Any]) -> None:
+    _table(
+        [
+            (host, i.path_text, i.kind, _show(i.expected), _show(i.actual))
+            for i in items
+        ],
+        ("host", "path", "kind", "expected", "actual"),
+    )
+
+
+def _print_hidden(hidden: dict[str, int]) -> None:
+    click.echo("\nIgnore rules (items hidden in this comparison):")
+    _table(list(hidden.items()), ("rule", "hidden"))
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
+@global_options
+@click.version_option(package_name="driftd")
+def main() -> None:
+    """driftd: configuration-drift detection for fleets managed with Ansible."""
+
+
+@main.command(epilog=EXIT_HELP)
+@global_options
+@click.option(
+    "--limit", "-l", metavar="PATTERN", help="Only hosts matching this Ansible pattern."
+)
+@json_option
+def scan(limit: str | None, as_json: bool) -> None:
+    """Collect facts from hosts, compare them with their baselines, record drift."""
+    from driftd.scan import run_scan
+
+    _setup_logging()
+    report = run_scan(settings(), limit=limit)
+    if as_json:
+        _print_json(report.to_dict())
+        sys.exit(report.exit_code)
+
+    rows = []
+    for host in report.hosts:
+        rows.append(
+            (
+                host.host,
+                host.status,
+                len(host.items),
+                host.opened,
+                host.closed,
+                _show(host.message, 70),
+            )
+        )
+    _table(rows, ("host", "status", "drift", "new", "resolved", "message"))
+    drifted = [h for h in report.hosts if h.items]
+    if drifted:
+        click.echo()
+        for host in drifted:
+            _print_items(host.host, host.items)
+    click.echo(
+        f"\nscan {report.scan_id} {report.status}: {len(report.hosts)} hosts, "
+        f"{len(drifted)} with drift"
+    )
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@global_options
+@click.option("--host", metavar="HOST", help="Only this host.")
+@click.option(
+    "--path", "path_glob", metavar="GLOB", help="Only paths this glob covers."
+)
+@json_option
+def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
+    """Drift that is open now."""
+    from driftd.scan import open_store
+
+    store = open_store(settings(), sweep=False)
+    episodes = store.open_episodes(host, path_glob)
+    store.close()
+    if as_json:
+        _print_json(episodes)
+        return
+    if not episodes:
+        click.echo("no open drift")
+        return
+    _table(
+        [
+            (
+                e["host"],
+                e["path"],
+                e["kind"],
+                _show(e["expected"], 40),
+                _show(e["actual"], 40),
+                e["first_seen"][:19],
+                e["seen_count"],
+            )
+            for e in episodes
+        ],
+        ("host", "path", "kind", "expected", "actual", "since", "seen"),
+    )
+
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])\Z")
+
+
+def parse_when(text: str) -> str:
+    """``7d``, ``12h``, ``30m`` ago, or an ISO date/time, as a UTC timestamp."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        unit = {
+            "s": "seconds",
+            "m": "minutes",
+            "h": "hours",
+            "d": "days",
+            "w": "weeks",
+        }[match.group(2)]
+        moment = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError as error:
+            raise click.BadParameter(
+                f"{text!r}: use 7d, 12h, 30m or an ISO date"
+            ) from error
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+
+    return (
+        moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+@main.command()
+@global_options
+@click.option("--host", metavar="HOST", help="Only this host.")
+@click.option("--since", metavar="WHEN", help="Since 7d, 12h, 30m ago or an ISO date.")
+@click.option(
+    "--path", "path_glob", metavar="GLOB", help="Only paths this glob covers."
+)
+@json_option
+def history(
+    host: str | None, since: str | None, path_glob: str | None, as_json: bool
+) -> None:
+    """Drift episodes, newest first: when each was first and last seen, how it ended."""
+    from driftd.scan import open_store
+
+    since_stamp = parse_when(since) if since else None
+    store = open_store(settings(), sweep=False)
+    episodes = store.history(host, since_stamp, path_glob)
+    store.close()
+    if as_json:
+        _print_json(episodes)
+        return
+    if not episodes:
+        click.echo("no drift in history")
+        return
+    _table(
+        [
+            (
+                e["host"],
+                e["path"],
+                e["kind"],
+                e["state"],
+                e["first_seen"][:19],
+                (e["closed_at"] or e["last_seen"])[:19],
+                e["seen_count"],
+                _show(e["close_note"], 30),
+            )
+            for e in episodes
+        ],
+        ("host", "path", "kind", "state", "first seen", "last/closed", "seen", "note"),
+    )
+
+
+@main.command()
+@global_options
+@click.argument("scan_id", type=int)
+@click.option("--explain", is_flag=True, help="Also count what each ignore rule hid.")
+@json_option
+def show(scan_id: int, explain: bool, as_json: bool) -> None:
+    """One scan: its hosts and the drift open during it."""
+    from driftd.scan import DriftdError, open_store
+
+    current = settings()
+    store = open_store(current, sweep=False)
+    scan_row = store.scan(scan_id)
+    if scan_row is None:
+        store.close()
+        raise DriftdError(f"no scan {scan_id} in {current.db}")
+    store.close()
+    for result in scan_row["results"]:
+        result["hidden"] = json.loads(result["hidden"]) if result["hidden"] else {}
+    if as_json:
+        _print_json(scan_row)
+        return
+
+    click.echo(
+        f"scan {scan_id}: {scan_row['status']}, started {scan_row['started_at']}, "
+        f"finished {scan_row['finished_at'] or '-'}, target {scan_row['target']}"
+    )
+    _table(
+        [
+            (
+                r["host"],
+                r["status"],
+                r["items"],
+                r["opened"],
+                r["closed"],
+                _show(r["message"], 60),
+            )
+            for r in scan_row["results"]
+        ],
+        ("host", "status", "drift", "new", "resolved", "message"),
+    )
+    if scan_row["episodes"]:
+        click.echo()
+        _table(
+            [
+                (
+                    e["host"],
+                    e["path"],
+                    e["kind"],
+                    e["state"],
+                    _show(e["expected"], 40),
+                    _show(e["actual"], 40),
+                )
+                for e in scan_row["episodes"]
+            ],
+            ("host", "path", "kind", "state", "expected", "actual"),
+        )
+    for result in scan_row["results"] if explain else []:
+        click.echo(f"\n{result['host']}:", nl=False)
+        _print_hidden(result["hidden"])
+
+
+@main.command(epilog=EXIT_HELP)
+@global_options
+@click.argument("expected", type=click.Path(dir_okay=False, path_type=FsPath))
+@click.argument("actual", type=click.Path(dir_okay=False, path_type=FsPath))
+@click.option("--explain", is_flag=True, help="Also count what each ignore rule hid.")
+@json_option
+def diff(expected: FsPath, actual: FsPath, explain: bool, as_json: bool) -> None:
+    """Compare two fact dumps (or baseline files) without touching any host.
+
+    Each file may be the JSON `ansible HOST -m setup --tree DIR` writes, the
+    text `ansible -m setup` prints after `HOST | SUCCESS =>`, a bare
+    ansible_facts object or fact cache, or a driftd baseline file.
+    """
+    from driftd.scan import diff_files
+
+    comparison = diff_files(settings(), expected, actual, explain=explain)
+    if as_json:
+        document: dict[str, Any] = {"items": [i.to_dict() for i in comparison.items]}
+        if explain:
+            document["hidden"] = comparison.hidden
+        _print_json(document)
+    else:
+        if comparison.items:
+            _print_items(actual.name, comparison.items)
+        else:
+            click.echo("no drift")
+        if explain:
+            _print_hidden(comparison.hidden)
+    sys.exit(2 if comparison.items else 0)
+
+
+@main.command("check-config")
+@global_options
+def check_config() -> None:
+    """Check the config file and every baseline file; say what is in force."""
+    from driftd.scan import load_baselines
+
+    current = settings()
+    baselines = load_baselines(current)
+    click.echo(
+        f"config ok: inventory {current.inventory or 'localhost (local connection)'}, "
+        f"db {current.db}, baselines {current.baselines}"
+    )
+    click.echo(
+        f"baselines ok: {len(baselines.layers)} layer files "
+        f"({', '.join(sorted(baselines.layers)) or 'none'})"
+    )
+
+
+@main.group()
+def baseline() -> None:
+    """Capture, accept, list, show and compare baseline versions."""
+
+
+@baseline.command("capture")
+@global_options
+@click.argument("hosts", nargs=-1, required=True)
+@click.option(
+    "--from-history",
+    is_flag=True,
+    help="Use the newest stored snapshot instead of collecting.",
+)
+def baseline_capture(hosts: tuple[str, ...], from_history: bool) -> None:
+    """Write each HOST's current snapshot as its baseline (baselines/hosts/HOST.yml)."""
+    from driftd.scan import capture
+
+    _setup_logging()
+    results = capture(settings(), hosts, from_history=from_history)
+    for host, path, outcome in results:
+        click.echo(f"{host}: {outcome} {path}".rstrip())
+    if any(outcome != "captured" for _, _, outcome in results):
+        sys.exit(3)
+
+
+@baseline.command("accept")
+@global_options
+@click.argument("host")
+@click.option(
+    "--path", "path_glob", metavar="GLOB", help="Only drift at paths this glob covers."
+)
+@click.option(
+    "--reason",
+    required=True,
+    help="Why this drift is the new normal (kept in history).",
+)
+def baseline_accept(host: str, path_glob: str | None, reason: str) -> None:
+    """Turn HOST's open drift into a new baseline version; close it as accepted."""
+    from driftd.scan import accept
+
+    _setup_logging()
+    episodes = accept(settings(), host, reason=reason, path_glob=path_glob)
+    for episode in episodes:
+        click.echo(f"accepted {host} {episode['path']} ({episode['kind']})")
+
+
+@baseline.command("list")
+@global_options
+@json_option
+def baseline_list(as_json: bool) -> None:
+    """Every recorded version of every baseline file."""
+    from driftd.scan import open_store
+
+    store = open_store(settings(), sweep=False)
+    versions = store.baseline_versions()
+    store.close()
+    if as_json:
+        _print_json(versions)
+        return
+    if not versions:
+        click.echo("no baseline versions recorded yet (they are recorded by scans)")
+        return
+    _table(
+        [
+            (
+                v["file"],
+                v["version"],
+                v["hash"][:12],
+                v["created_at"][:19],
+                (v["git_commit"] or "-")[:12],
+                v["author"] or "-",
+                _show(v["reason"], 40),
+            )
+            for v in versions
+        ],
+        ("file", "version", "hash", "recorded", "git", "author", "reason"),
+    )
+
+
+@baseline.command("show")
+@global_options
+@click.argument("file")
+@click.option(
+    "--version",
+    "number",
+    type=int,
+    help="An older version (default: the file as it is).",
+)
+def baseline_show(file: str, number: int | None) -> None:
+    """Print a baseline file, or one of its recorded versions."""
+    from driftd.scan import DriftdError, open_store
+
+    current = settings()
+    if number is None:
+        path = current.baselines / file
+        if not path.is_file():
+            raise DriftdError(f"{path}: no such baseline file")
+        click.echo(
+            path.read_text(encoding="utf-8", errors="backslashreplace"), nl=False
+        )
+        return
+    store = open_store(current, sweep=False)
+    text = store.baseline_content(file, number)
+    store.close()
+    if text is None:
+        raise DriftdError(f"{file}: no version {number} recorded")
+    click.echo(text, nl=False)
+
+
+@baseline.command("diff")
+@global_options
+@click.argument("file")
+@click.argument("old", type=int)
+@click.argument("new", type=int, required=False)
+def baseline_diff(file: str, old: int, new: int | None) -> None:
+    """Line differences between two versions of a baseline file (NEW: the file now)."""
+    import difflib
+
+    from driftd.scan import DriftdError, open_store
+
+    current = settings()
+    store = open_store(current, sweep=False)
+    before = store.baseline_content(file, old)
+    after = store.baseline_content(file, new) if new is not None else None
+    store.close()
+    if before is None:
+        raise DriftdError(f"{file}: no version {old} recorded")
+    if new is None:
+        path = current.baselines / file
+        after = (
+            path.read_text(encoding="utf-8", errors="backslashreplace")
+            if path.is_file()
+            else ""
+        )
+    elif after is None:
+        raise DriftdError(f"{file}: no version {new} recorded")
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        (after or "").splitlines(keepends=True),
+        f"{file} v{old}",
+        f"{file} v{new}" if new is not None else f"{file} (now)",
+    )
+    click.echo("".join(lines), nl=False)
+
+
+def run() -> None:
+    """Entry point: user mistakes become one clear message and exit status 1."""
+    from driftd.baseline import BaselineError
+    from driftd.config import ConfigError
+    from driftd.paths import PathError
+    from driftd.scan import DriftdError
+    from driftd.snapshot import DumpError
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("driftd: aborted", err=True)
+        sys.exit(1)
+    except (DriftdError, ConfigError, BaselineError, DumpError, PathError) as error:
+        for line in str(error).splitlines():
+            click.echo(f"driftd: error: {line}", err=True)
+        sys.exit(1)

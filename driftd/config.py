@@ -1,0 +1,208 @@
+"""Settings: embedded defaults, a YAML config file, then command-line options.
+
+Every problem in a config file is reported at once, each naming the file,
+the line and the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+
+from driftd.baseline import DEFAULT_IGNORE
+from driftd.paths import PathError, compile_glob
+from driftd.snapshot import SECTIONS
+from driftd.store import default_db_path
+
+ENV_CONFIG = "DRIFTD_CONFIG"
+
+DEFAULT_FILES = (
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/shadow",
+    "/etc/sudoers",
+    "/etc/ssh/sshd_config",
+    "/etc/hosts",
+    "/etc/fstab",
+    "/etc/crontab",
+)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _default_baselines() -> FsPath:
+    if os.geteuid() == 0:
+        return FsPath("/etc/driftd/baselines")
+    home = os.environ.get("XDG_CONFIG_HOME") or str(FsPath.home() / ".config")
+
+    return FsPath(home) / "driftd" / "baselines"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a scan needs to know; each field is also a config file key.
+
+    ``inventory`` None means this machine over the local connection.
+    """
+
+    inventory: str | None = None
+    db: FsPath = field(default_factory=default_db_path)
+    baselines: FsPath = field(default_factory=_default_baselines)
+    sections: tuple[str, ...] = SECTIONS
+    files: tuple[str, ...] = DEFAULT_FILES
+    ignore: tuple[str, ...] = ()
+    default_ignore: bool = True
+    forks: int = 8
+    timeout: int = 900
+    task_timeout: int = 120
+    gather_timeout: int = 30
+    become: bool = False
+    host_key_checking: bool = True
+
+    @property
+    def ignore_rules(self) -> tuple[str, ...]:
+        base = DEFAULT_IGNORE if self.default_ignore else ()
+
+        return (*base, *self.ignore)
+
+
+_TYPES: dict[str, type] = {
+    "inventory": str,
+    "db": str,
+    "baselines": str,
+    "sections": list,
+    "files": list,
+    "ignore": list,
+    "default_ignore": bool,
+    "forks": int,
+    "timeout": int,
+    "task_timeout": int,
+    "gather_timeout": int,
+    "become": bool,
+    "host_key_checking": bool,
+}
+
+assert set(_TYPES) == {f.name for f in fields(Settings)}  # noqa: S101
+
+
+def _lines(text: str) -> dict[str, int]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+
+
+def _check(key: str, value: Any) -> str | None:
+    """What is wrong with one value, or None."""
+    wanted = _TYPES[key]
+    if wanted is int and (
+        not isinstance(value, int) or isinstance(value, bool) or value < 1
+    ):
+        return "must be a whole number above 0"
+    if wanted is bool and not isinstance(value, bool):
+        return "must be true or false"
+    if wanted is str and not (isinstance(value, str) and value):
+        return "must be a non-empty string"
+    if wanted is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "must be a list of strings"
+        if key == "sections":
+            unknown = [v for v in value if v not in SECTIONS]
+            if unknown:
+                return f"unknown section {unknown[0]!r} (use {', '.join(SECTIONS)})"
+        if key == "ignore":
+            for rule in value:
+                try:
+                    compile_glob(rule)
+                except PathError as error:
+                    return f"{rule!r}: {error}"
+
+    return None
+
+
+def load_file(path: FsPath, base: Settings | None = None) -> Settings:
+    """Settings from a YAML file over ``base``; ConfigError lists every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not UTF-8 text ({error.reason})"]) from error
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(
+            [f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}"]
+        ) from error
+
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([f"{path}:1: the config must be a mapping of keys to values"])
+
+    lines = _lines(text)
+    problems = []
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        where = f"{path}:{lines.get(str(key), 1)}: {key}"
+        if key not in _TYPES:
+            problems.append(
+                f"{where}: unknown key (known: {', '.join(sorted(_TYPES))})"
+            )
+            continue
+        problem = _check(key, value)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        values[key] = value
+    if problems:
+        raise ConfigError(problems)
+
+    return apply(base or Settings(), values, relative_to=path.parent)
+
+
+def apply(
+    settings: Settings, values: dict[str, Any], relative_to: FsPath | None = None
+) -> Settings:
+    """``settings`` with ``values`` laid over them; paths made absolute."""
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in ("db", "baselines"):
+            path = FsPath(value).expanduser()
+            if relative_to is not None and not path.is_absolute():
+                path = relative_to / path
+            changes[key] = path
+        elif key in ("sections", "files", "ignore"):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+
+    return replace(settings, **changes)
+
+
+def load(config: str | None) -> Settings:
+    """The settings in force: ``config`` (or $DRIFTD_CONFIG) over the defaults."""
+    source = config or os.environ.get(ENV_CONFIG)
+    if not source:
+        return Settings()
+
+    return load_file(FsPath(source))

@@ -1,0 +1,598 @@
+"""The engine's entry points: scan hosts, capture baselines, accept drift.
+
+Everything here is a library call that knows no command line: the CLI and
+the daemon are thin shells over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import structlog
+
+from driftd.baseline import (
+    BaselineError,
+    BaselineSet,
+    Expected,
+    Layer,
+    dump_layer,
+    host_file_name,
+    load_document,
+    merge_layers,
+    parse_layer,
+    write_atomic,
+)
+from driftd.collect import (
+    CollectError,
+    HostOutcome,
+    Target,
+    collect,
+    localhost_inventory,
+    resolve_targets,
+)
+from driftd.compare import Comparison, DriftItem, compare, prune
+from driftd.config import Settings
+from driftd.paths import GlobSet, Path, compile_glob, format_path, parse_path
+from driftd.snapshot import Snapshot, load_dump_text
+from driftd.store import HostRecord, Store
+
+log = structlog.get_logger("driftd.scan")
+
+EXIT_CLEAN = 0
+EXIT_ERROR = 1
+EXIT_DRIFT = 2
+EXIT_UNCHECKED = 3
+
+
+class DriftdError(RuntimeError):
+    """A failure to report to the user as it is, without a traceback."""
+
+
+@dataclass
+class HostReport:
+    """One host's result in a scan, as shown to people and programs."""
+
+    host: str
+    status: str
+    items: list[DriftItem] = field(default_factory=list)
+    opened: int = 0
+    closed: int = 0
+    message: str | None = None
+    baselines: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "status": self.status,
+            "message": self.message,
+            "baselines": self.baselines,
+            "opened": self.opened,
+            "resolved": self.closed,
+            "items": [i.to_dict() for i in self.items],
+        }
+
+
+@dataclass
+class ScanReport:
+    scan_id: int
+    status: str
+    hosts: list[HostReport]
+
+    @property
+    def exit_code(self) -> int:
+        """0 no drift, 2 drift found, 3 no drift but some hosts not checked."""
+        if any(h.items for h in self.hosts):
+            return EXIT_DRIFT
+        if any(h.status != "ok" for h in self.hosts):
+            return EXIT_UNCHECKED
+
+        return EXIT_CLEAN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "hosts": [h.to_dict() for h in self.hosts],
+        }
+
+
+# --- shared steps -------------------------------------------------------------------
+
+
+def load_baselines(settings: Settings) -> BaselineSet:
+    try:
+        return BaselineSet.load(settings.baselines)
+    except BaselineError as error:
+        raise DriftdError(str(error)) from error
+
+
+@contextlib.contextmanager
+def inventory_source(settings: Settings) -> Iterator[str]:
+    """The inventory to use; the default (localhost) is written for the run."""
+    if settings.inventory:
+        yield settings.inventory
+        return
+
+    with tempfile.TemporaryDirectory(prefix="driftd-inv-") as directory:
+        yield str(localhost_inventory(FsPath(directory)))
+
+
+def targets_for(inventory: str, limit: str | None) -> list[Target]:
+    try:
+        return resolve_targets(inventory, limit)
+    except CollectError as error:
+        raise DriftdError(str(error)) from error
+
+
+def files_to_stat(settings: Settings, baselines: BaselineSet) -> list[str]:
+    """The configured files plus every file a baseline speaks of."""
+    paths = set(settings.files)
+    for layer in baselines.layers.values():
+        paths.update(str(p[1]) for p in layer.pins if p[0] == "files" and len(p) > 1)
+        paths.update(layer.snapshot.get("files", {}))
+
+    return sorted(paths)
+
+
+def run_collect(
+    settings: Settings,
+    inventory: str,
+    targets: Sequence[Target],
+    files: Sequence[str],
+    cancelled: Callable[[], bool],
+) -> dict[str, HostOutcome]:
+    try:
+        return collect(
+            inventory,
+            targets,
+            sections=settings.sections,
+            files=files,
+            forks=settings.forks,
+            timeout=settings.timeout,
+            task_timeout=settings.task_timeout,
+            gather_timeout=settings.gather_timeout,
+            become=settings.become,
+            host_key_checking=settings.host_key_checking,
+            cancelled=cancelled,
+        )
+    except CollectError as error:
+        raise DriftdError(str(error)) from error
+
+
+def open_store(settings: Settings, *, sweep: bool = True) -> Store:
+    from driftd.store import StoreError
+
+    try:
+        return Store.open(settings.db, sweep=sweep)
+    except StoreError as error:
+        raise DriftdError(str(error)) from error
+
+
+@contextlib.contextmanager
+def scan_lock(settings: Settings) -> Iterator[None]:
+    """Only one scan writes to a database at a time; a second one waits."""
+    path = settings.db.with_name(settings.db.name + ".scan.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def git_commit(directory: FsPath) -> str | None:
+    """HEAD of the git checkout holding ``directory`` (``+dirty`` if changed)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+    return f"{head}+dirty" if dirty else head
+
+
+def _version_ids(
+    store: Store, baselines: BaselineSet, layers: Sequence[Any]
+) -> list[int]:
+    commit: list[str | None] = []
+    ids = []
+    for layer in layers:
+        if not commit:
+            commit.append(git_commit(baselines.root))
+        ids.append(
+            store.baseline_version(
+                layer.name, layer.content_hash, layer.text, git_commit=commit[0]
+            )
+        )
+
+    return ids
+
+
+# --- scanning -----------------------------------------------------------------------
+
+
+def evaluate(
+    outcome: HostOutcome, expected: Expected | None, *, explain: bool = False
+) -> tuple[str, Comparison | None]:
+    """The status and comparison of one collected host against its baseline."""
+    if outcome.snapshot is None or outcome.status not in ("ok", "partial"):
+        return outcome.status, None
+    if expected is None:
+        return "no_baseline", None
+
+    return outcome.status, compare(expected, outcome.snapshot, explain=explain)
+
+
+def run_scan(
+    settings: Settings,
+    *,
+    limit: str | None = None,
+    trigger: str = "cli",
+    cancelled: Callable[[], bool] = lambda: False,
+    on_host: Callable[[HostReport], None] | None = None,
+) -> ScanReport:
+    """Collect, compare and record one scan; each host is kept as it is judged."""
+    baselines = load_baselines(settings)
+    store = open_store(settings)
+    try:
+        with inventory_source(settings) as inventory:
+            targets = targets_for(inventory, limit)
+            with scan_lock(settings):
+                return _scan(
+                    settings,
+                    store,
+                    baselines,
+                    inventory,
+                    targets,
+                    limit=limit,
+                    trigger=trigger,
+                    cancelled=cancelled,
+                    on_host=on_host,
+                )
+    finally:
+        store.close()
+
+
+def _scan(
+    settings: Settings,
+    store: Store,
+    baselines: BaselineSet,
+    inventory: str,
+    targets: Sequence[Target],
+    *,
+    limit: str | None,
+    trigger: str,
+    cancelled: Callable[[], bool],
+    on_host: Callable[[HostReport], None] | None,
+) -> ScanReport:
+    scan_id = store.begin_scan(trigger, limit or "all")
+    bound = log.bind(scan_id=scan_id)
+    bound.info("scan_started", hosts=len(targets), trigger=trigger)
+
+    outcomes = run_collect(
+        settings, inventory, targets, files_to_stat(settings, baselines), cancelled
+    )
+    reports = []
+    for target in targets:
+        outcome = outcomes[target.name]
+        expected = baselines.expected(target.name, target.groups, settings.ignore_rules)
+        status, comparison = evaluate(outcome, expected, explain=True)
+        items = comparison.items if comparison else []
+        layers = expected.layers if expected else []
+        rules = expected.ignore if expected else settings.ignore_rules
+        snapshot = pruned(outcome.snapshot, rules) if outcome.snapshot else None
+        record = HostRecord(
+            host=target.name,
+            status=status,
+            items=items,
+            snapshot_json=snapshot.to_json() if snapshot else None,
+            snapshot_hash=snapshot.content_hash() if snapshot else None,
+            baseline_ids=_version_ids(store, baselines, layers),
+            message=outcome.message,
+            is_unknown=snapshot.is_unknown if snapshot else None,
+            hidden=comparison.hidden if comparison else None,
+        )
+        change = store.record_host(scan_id, record)
+        report = HostReport(
+            target.name,
+            status,
+            items,
+            change.opened,
+            change.closed,
+            outcome.message,
+            [layer.name for layer in layers],
+        )
+        bound.info(
+            "host_checked",
+            host=target.name,
+            status=status,
+            items=len(items),
+            opened=change.opened,
+            resolved=change.closed,
+        )
+        if on_host is not None:
+            on_host(report)
+        reports.append(report)
+
+    status = "interrupted" if cancelled() else "complete"
+    store.finish_scan(scan_id, status)
+    bound.info(
+        "scan_finished", status=status, drifted=sum(1 for r in reports if r.items)
+    )
+
+    return ScanReport(scan_id, status, reports)
+
+
+# --- comparing files and stored scans -----------------------------------------------
+
+
+def _read_side(path: FsPath) -> Snapshot | Layer:
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise DriftdError(f"{path}: cannot read: {error.strerror}") from error
+    if path.suffix in (".yml", ".yaml"):
+        try:
+            return parse_layer(str(path), text)
+        except BaselineError as error:
+            raise DriftdError(str(error)) from error
+
+    return load_dump_text(text, str(path))
+
+
+def diff_files(
+    settings: Settings,
+    expected_path: FsPath,
+    actual_path: FsPath,
+    *,
+    explain: bool = False,
+) -> Comparison:
+    """Compare two files (fact dumps or baseline layers) under the ignore rules."""
+    expected_side = _read_side(expected_path)
+    actual_side = _read_side(actual_path)
+    if isinstance(expected_side, Layer):
+        expected = merge_layers([expected_side], settings.ignore_rules)
+    else:
+        expected = Expected(
+            expected_side.data,
+            [],
+            settings.ignore_rules,
+            [],
+            set(expected_side.unknown),
+        )
+    actual = (
+        Snapshot(dict(actual_side.snapshot))
+        if isinstance(actual_side, Layer)
+        else actual_side
+    )
+
+    return compare(expected, actual, explain=explain)
+
+
+# --- baselines from snapshots -------------------------------------------------------
+
+
+def _who() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def pruned(snapshot: Snapshot, rules: Sequence[str]) -> Snapshot:
+    """The snapshot without what the ignore rules cover: what is worth keeping."""
+    globs = GlobSet.of(rules)
+    result = Snapshot(unknown=set(snapshot.unknown))
+    for section, tree in snapshot.data.items():
+        result.data[section], _ = prune(tree, globs, (section,))
+
+    return result
+
+
+def _write_layer(path: FsPath, document: dict[str, Any], name: str) -> str:
+    """Check a layer as it would be read back, then replace the file atomically."""
+    text = dump_layer(document)
+    try:
+        parse_layer(name, text)
+    except BaselineError as error:
+        raise DriftdError(f"refusing to write {path}: {error}") from error
+    write_atomic(path, text)
+
+    return text
+
+
+def capture(
+    settings: Settings,
+    hosts: Sequence[str],
+    *,
+    from_history: bool = False,
+) -> list[tuple[str, str, str]]:
+    """Write each host's current snapshot as its baseline layer.
+
+    Returns (host, file, outcome) triples. The snapshot is collected now
+    unless ``from_history`` asks for the newest one kept in the database.
+    Volatile values (the ignore rules in force) are left out of the file;
+    the layer's own description, ignore rules and pins are kept.
+    """
+    baselines = load_baselines(settings)
+    store = open_store(settings)
+    results = []
+    try:
+        with inventory_source(settings) as inventory:
+            targets = targets_for(inventory, ",".join(hosts))
+            if from_history:
+                snapshots = {t.name: _stored_snapshot(store, t.name) for t in targets}
+            else:
+                outcomes = run_collect(
+                    settings,
+                    inventory,
+                    targets,
+                    files_to_stat(settings, baselines),
+                    lambda: False,
+                )
+                snapshots = {name: o.snapshot for name, o in outcomes.items()}
+                for name, outcome in outcomes.items():
+                    if outcome.status not in ("ok", "partial"):
+                        results.append(
+                            (name, "", f"{outcome.status}: {outcome.message}")
+                        )
+            for target in targets:
+                snapshot = snapshots.get(target.name)
+                if snapshot is None:
+                    continue
+                name = host_file_name(target.name)
+                path = settings.baselines / name
+                document = load_document(path)
+                expected = baselines.expected(
+                    target.name, target.groups, settings.ignore_rules
+                )
+                rules = expected.ignore if expected else settings.ignore_rules
+                document["snapshot"] = pruned(snapshot, rules).data
+                document.setdefault("description", f"captured from {target.name}")
+                text = _write_layer(path, document, name)
+                layer = parse_layer(name, text)
+                store.baseline_version(
+                    name,
+                    layer.content_hash,
+                    text,
+                    git_commit=git_commit(settings.baselines),
+                    author=_who(),
+                    reason="captured",
+                )
+                log.info("baseline_captured", host=target.name, file=str(path))
+                results.append((target.name, str(path), "captured"))
+    finally:
+        store.close()
+
+    return results
+
+
+def _stored_snapshot(store: Store, host: str) -> Snapshot | None:
+    text = store.last_snapshot(host)
+
+    return Snapshot.from_json(text) if text else None
+
+
+def _set_at(tree: dict[Any, Any], path: Path, value: Any, *, remove: bool) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            if remove:
+                return
+            child = node[key] = {}
+        node = child
+    if remove:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+def accept(
+    settings: Settings,
+    host: str,
+    *,
+    reason: str,
+    path_glob: str | None = None,
+    who: str | None = None,
+) -> list[dict[str, Any]]:
+    """Make a host's open drift its new baseline and close it as ``accepted``.
+
+    Values the host's own captured snapshot holds are edited in it; values
+    that come from a pin or from a shared layer are overridden by a pin in
+    the host's layer. The file is replaced atomically and recorded as a new
+    baseline version with who accepted and why.
+    """
+    if not reason.strip():
+        raise DriftdError("accept needs a --reason")
+    if path_glob:
+        compile_glob(path_glob)
+
+    baselines = load_baselines(settings)
+    store = open_store(settings)
+    try:
+        episodes = store.open_episodes(host, path_glob)
+        if not episodes:
+            where = f" at {path_glob}" if path_glob else ""
+            raise DriftdError(f"{host}: no open drift{where} to accept")
+
+        name = host_file_name(host)
+        path = settings.baselines / name
+        document = load_document(path)
+        snapshot = document.get("snapshot") or {}
+        expect = document.get("expect") or {}
+        groups = _groups_of(settings, host)
+        expected = baselines.expected(host, groups, settings.ignore_rules)
+        pinned = {p.path for p in expected.pins} if expected else set()
+
+        for episode in episodes:
+            item_path = parse_path(episode["path"])
+            removed = episode["kind"] == "removed"
+            under_pin = any(item_path[: len(p)] == p for p in pinned)
+            if item_path[0] in snapshot and not under_pin:
+                _set_at(snapshot, item_path, episode["actual"], remove=removed)
+            else:
+                expect[format_path(item_path)] = (
+                    {"absent": True} if removed else _pin_value(episode["actual"])
+                )
+        if snapshot:
+            document["snapshot"] = snapshot
+        if expect:
+            document["expect"] = expect
+
+        author = who or _who()
+        text = _write_layer(path, document, name)
+        layer = parse_layer(name, text)
+        version = store.baseline_version(
+            name,
+            layer.content_hash,
+            text,
+            git_commit=git_commit(settings.baselines),
+            author=author,
+            reason=reason,
+        )
+        store.close_episodes([e["id"] for e in episodes], "accepted", author, reason)
+        log.info(
+            "drift_accepted", host=host, items=len(episodes), baseline_version=version
+        )
+    finally:
+        store.close()
+
+    return episodes
+
+
+def _pin_value(value: Any) -> Any:
+    return {"equals": value} if isinstance(value, dict) else value
+
+
+def _groups_of(settings: Settings, host: str) -> tuple[str, ...]:
+    with inventory_source(settings) as inventory:
+        try:
+            targets = resolve_targets(inventory, None)
+        except CollectError:
+            return ()
+    for target in targets:
+        if target.name == host:
+            return target.groups
+
+    return ()
