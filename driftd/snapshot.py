@@ -237,6 +237,8 @@ def normalise_facts(raw: Mapping[str, Any]) -> tuple[Tree, set[Path]]:
 def package_version(record: Mapping[str, Any]) -> str:
     """One installed version as ``[epoch:]version[-release]``."""
     epoch = record.get("epoch")
+    if isinstance(epoch, float) and epoch.is_integer():
+        epoch = int(epoch)
     version = str(record.get("version") or "")
     release = record.get("release")
     text = f"{version}-{release}" if release else version
