@@ -40,13 +40,15 @@ CHUNK = 1024 * 1024
 
 
 def run(argv):
-    result = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False
-    )
+    result = subprocess.run(argv, capture_output=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(
             "%s exited %d: %s"
-            % (argv[0], result.returncode, result.stderr.decode("utf-8", "replace")[:500])
+            % (
+                argv[0],
+                result.returncode,
+                result.stderr.decode("utf-8", "replace")[:500],
+            )
         )
     return result.stdout.decode("utf-8", "surrogateescape")
 
@@ -90,18 +92,23 @@ def number(text):
 
 
 def users():
-    return dict(
-        (f[0], {"uid": number(f[2]), "gid": number(f[3]), "gecos": f[4],
-                "home": f[5], "shell": f[6]})
+    return {
+        f[0]: {
+            "uid": number(f[2]),
+            "gid": number(f[3]),
+            "gecos": f[4],
+            "home": f[5],
+            "shell": f[6],
+        }
         for f in read_colon_file("/etc/passwd", 7)
-    )
+    }
 
 
 def groups():
-    return dict(
-        (f[0], {"gid": number(f[2]), "members": sorted(m for m in f[3].split(",") if m)})
+    return {
+        f[0]: {"gid": number(f[2]), "members": sorted(m for m in f[3].split(",") if m)}
         for f in read_colon_file("/etc/group", 4)
-    )
+    }
 
 
 def owner(uid):
@@ -124,7 +131,7 @@ def checksum(path):
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(CHUNK), b""):
                 digest.update(block)
-    except (IOError, OSError):
+    except OSError:
         return None
     return digest.hexdigest()
 
@@ -134,13 +141,18 @@ def one_file(path):
         info = os.lstat(path)
     except FileNotFoundError:
         return {"exists": False}
-    except (IOError, OSError) as error:
+    except OSError as error:
         return {"exists": True, "error": str(error)}
     mode = info.st_mode
     entry = {
         "exists": True,
-        "type": "link" if stat.S_ISLNK(mode) else "directory" if stat.S_ISDIR(mode)
-        else "file" if stat.S_ISREG(mode) else "other",
+        "type": "link"
+        if stat.S_ISLNK(mode)
+        else "directory"
+        if stat.S_ISDIR(mode)
+        else "file"
+        if stat.S_ISREG(mode)
+        else "other",
         "mode": "%04o" % stat.S_IMODE(mode),
         "owner": owner(info.st_uid),
         "group": group(info.st_gid),
@@ -154,34 +166,48 @@ def one_file(path):
 
 
 def files(paths):
-    return dict((path, one_file(path)) for path in paths)
+    return {path: one_file(path) for path in paths}
 
 
 def _address(hex_address):
     raw = bytes.fromhex(hex_address)
     if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, struct.pack("<I", struct.unpack(">I", raw)[0]))
+        return socket.inet_ntop(
+            socket.AF_INET, struct.pack("<I", struct.unpack(">I", raw)[0])
+        )
     words = struct.unpack(">4I", raw)
     return socket.inet_ntop(socket.AF_INET6, struct.pack("<4I", *words))
 
 
 def ports():
     if not os.path.exists("/proc/net/tcp"):
-        raise RuntimeError("listening ports are read from /proc/net, which this host lacks")
+        raise RuntimeError(
+            "listening ports are read from /proc/net, which this host lacks"
+        )
     found = {}
-    for proto, listening in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+    for proto, listening in (
+        ("tcp", "0A"),
+        ("tcp6", "0A"),
+        ("udp", "07"),
+        ("udp6", "07"),
+    ):
         try:
             with open("/proc/net/" + proto) as handle:
                 lines = handle.read().splitlines()[1:]
-        except (IOError, OSError):
+        except OSError:
             continue
         for line in lines:
             fields = line.split()
             if len(fields) < 4 or fields[3] != listening:
                 continue
+            if proto.startswith("udp") and int(fields[2].split(":")[1], 16):
+                continue  # a connected UDP socket is a client, not a listener
             address, port = fields[1].split(":")
             text = _address(address)
-            key = "%s %s" % (proto[:3], ("[%s]:%d" if ":" in text else "%s:%d") % (text, int(port, 16)))
+            key = "%s %s" % (
+                proto[:3],
+                ("[%s]:%d" if ":" in text else "%s:%d") % (text, int(port, 16)),
+            )
             found[key] = {"proto": proto[:3], "address": text, "port": int(port, 16)}
     return found
 
@@ -189,8 +215,11 @@ def ports():
 def main():
     module = AnsibleModule(
         argument_spec={
-            "sections": {"type": "list", "elements": "str",
-                         "default": ["packages", "users", "groups", "files", "ports"]},
+            "sections": {
+                "type": "list",
+                "elements": "str",
+                "default": ["packages", "users", "groups", "files", "ports"],
+            },
             "files": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
