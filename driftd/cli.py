@@ -224,7 +224,7 @@ def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
     """Drift that is open now."""
     from driftd.scan import open_store
 
-    store = open_store(settings(), sweep=False)
+    store = open_store(settings())
     episodes = store.open_episodes(host, path_glob)
     store.close()
     if as_json:
@@ -295,7 +295,7 @@ def history(
     from driftd.scan import open_store
 
     since_stamp = parse_when(since) if since else None
-    store = open_store(settings(), sweep=False)
+    store = open_store(settings())
     episodes = store.history(host, since_stamp, path_glob)
     store.close()
     if as_json:
@@ -332,7 +332,7 @@ def show(scan_id: int, explain: bool, as_json: bool) -> None:
     from driftd.scan import DriftdError, open_store
 
     current = settings()
-    store = open_store(current, sweep=False)
+    store = open_store(current)
     scan_row = store.scan(scan_id)
     if scan_row is None:
         store.close()
@@ -485,7 +485,7 @@ def baseline_list(as_json: bool) -> None:
     """Every recorded version of every baseline file."""
     from driftd.scan import open_store
 
-    store = open_store(settings(), sweep=False)
+    store = open_store(settings())
     versions = store.baseline_versions()
     store.close()
     if as_json:
@@ -533,7 +533,7 @@ def baseline_show(file: str, number: int | None) -> None:
             path.read_text(encoding="utf-8", errors="backslashreplace"), nl=False
         )
         return
-    store = open_store(current, sweep=False)
+    store = open_store(current)
     text = store.baseline_content(file, number)
     store.close()
     if text is None:
@@ -553,7 +553,7 @@ def baseline_diff(file: str, old: int, new: int | None) -> None:
     from driftd.scan import DriftdError, open_store
 
     current = settings()
-    store = open_store(current, sweep=False)
+    store = open_store(current)
     before = store.baseline_content(file, old)
     after = store.baseline_content(file, new) if new is not None else None
     store.close()

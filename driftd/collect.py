@@ -27,6 +27,7 @@ from driftd.snapshot import (
     normalise_packages,
     normalise_services,
     normalise_value,
+    unwrap,
 )
 
 log = structlog.get_logger("driftd.collect")
@@ -184,7 +185,7 @@ def _gathered(section: str, results: Mapping[str, Any], snapshot: Snapshot) -> b
     probed = (results.get("probe") or {}).get("driftd") or {}
     if section not in probed or not (probed[section] or section in ("files", "ports")):
         return False
-    snapshot.data[section] = _probe_section(section, probed[section], snapshot)
+    snapshot.data[section] = _probe_section(section, unwrap(probed[section]), snapshot)
 
     return True
 

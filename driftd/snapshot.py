@@ -12,6 +12,7 @@ paths, so that they are neither drift nor proof that drift went away.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -22,6 +23,9 @@ from typing import Any
 from driftd.paths import Path, format_path, parse_path
 
 SECTIONS = ("facts", "packages", "services", "files", "users", "groups", "ports")
+
+# How the probe marks text that is not UTF-8 (Ansible refuses to carry it).
+BYTES_MARK = "__driftd_bytes__:"
 
 PLACEHOLDERS = frozenset({"N/A", "NA"})
 
@@ -144,14 +148,25 @@ def _identity_key(records: list[Any]) -> str | None:
     return None
 
 
+def _text(value: str) -> str:
+    if value.startswith(BYTES_MARK):
+        raw = base64.b64decode(value[len(BYTES_MARK) :])
+        return raw.decode("utf-8", "surrogateescape")
+
+    return value
+
+
 def unwrap(value: Any) -> Any:
-    """Remove Ansible's ``{"__ansible_unsafe": ...}`` wrappers at any depth."""
+    """Undo transport wrappers at any depth: Ansible's ``__ansible_unsafe``, and
+    the probe's base64 for text that is not UTF-8 (back to surrogate escapes)."""
     if isinstance(value, dict):
         if set(value) == {"__ansible_unsafe"}:
             return unwrap(value["__ansible_unsafe"])
-        return {key: unwrap(item) for key, item in value.items()}
+        return {_text(str(key)): unwrap(item) for key, item in value.items()}
     if isinstance(value, list):
         return [unwrap(item) for item in value]
+    if isinstance(value, str):
+        return _text(value)
 
     return value
 

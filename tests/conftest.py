@@ -35,6 +35,7 @@ class Driftd:
     db: Path
     baselines: Path
     inventory: str | None = None
+    config: str | None = None
 
     def __call__(
         self, *args: str, check: int | None = None, timeout: float = 600
@@ -43,6 +44,8 @@ class Driftd:
         argv += ["--baselines", str(self.baselines)]
         if self.inventory:
             argv += ["-i", self.inventory]
+        if self.config:
+            argv += ["--config", self.config]
         env = {**os.environ, "HOME": str(self.home), "DRIFTD_CONFIG": ""}
         done = subprocess.run(
             argv,
@@ -72,3 +75,12 @@ def driftd(tmp_path: Path) -> Iterator[Driftd]:
 def fact_files() -> list[Path]:
     """Every shared fact dump except the one that is not facts."""
     return sorted(p for p in FACTS.glob("*.json") if "unreachable" not in p.name)
+
+
+def _fleet_fixture() -> Any:
+    from tests.fleet import fleet_fixture_factory
+
+    return fleet_fixture_factory(3, scope="module", name="fleet")
+
+
+fleet = _fleet_fixture()

@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "Fleet",
@@ -66,6 +66,12 @@ MARKER = ".driftd-fleet"
 RUN_DIR = "/run/driftd-fleet"  # inside each host: sshd_config and host key
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null")
+KEY_FILES = (
+    "id_ed25519",
+    "id_ed25519.pub",
+    "ssh_host_ed25519_key",
+    "ssh_host_ed25519_key.pub",
+)
 TOOLS = ("unshare", "chroot", "mount", "umount", "ssh", "ssh-keygen", "hostname")
 
 SSHD_CONFIG = """\
@@ -111,7 +117,6 @@ class _Host:
     port: int
     home: Path
     proc: subprocess.Popen[bytes] | None = None
-    mounted: bool = False
 
     @property
     def upper(self) -> Path:
@@ -134,7 +139,7 @@ class _Host:
         return self.home / "sshd.log"
 
 
-@dataclass
+@dataclass(eq=False)
 class Fleet:
     """N real SSH hosts on 127.0.0.1, each an overlay chroot of this machine's /.
 
@@ -162,7 +167,7 @@ class Fleet:
 
         if self.port_base is None:
             self.port_base = default_port_base()
-        if not 1024 <= self.port_base and self.port_base + self.count <= 65535:
+        if self.port_base < 1024 or self.port_base + self.count > 65535:
             raise ValueError(f"port base {self.port_base} is out of range")
 
     # -- public API -----------------------------------------------------------
@@ -216,7 +221,11 @@ class Fleet:
         return self.port_base + self.names.index(self._check_name(name)) + 1
 
     def root(self, name: str) -> Path:
-        """The host's / as seen from this machine; edit files under it freely."""
+        """The host's / as seen from this machine; edit files under it freely.
+
+        Mind absolute symlinks: followed from outside they lead to the real
+        machine's files.  Use :meth:`run` for paths that may be symlinks.
+        """
         return self._host(name).root
 
     def upper(self, name: str) -> Path:
@@ -243,12 +252,10 @@ class Fleet:
             self._make_keys()
             for name in self.names:
                 self._hosts[name] = _Host(name, self.port(name), self.base / name)
+            # Leaving the pool waits for every host, so teardown below never
+            # races a host still being mounted.
             with ThreadPoolExecutor(max_workers=min(8, self.count)) as pool:
-                futures = [pool.submit(self._bring_up, h) for h in self._hosts.values()]
-                errors = [f.exception() for f in futures]
-            failed = [e for e in errors if e is not None]
-            if failed:
-                raise failed[0]
+                list(pool.map(self._bring_up, self._hosts.values()))
         except BaseException:
             self.teardown()
             raise
@@ -287,7 +294,7 @@ class Fleet:
         name: str,
         *argv: str,
         check: bool = True,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
@@ -343,8 +350,14 @@ class Fleet:
         host keys and a python3 that exists inside the hosts.  GROUP_MAP maps a
         group name to host names and becomes ``[group]`` sections.
         """
+        groups: list[str] = []
+        for group, members in (group_map or {}).items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", group):
+                raise ValueError(f"{group!r} is not a valid Ansible group name")
+            groups += ["", f"[{group}]", *(self._check_name(m) for m in members)]
+
         common = " ".join(SSH_OPTIONS)
-        lines = [
+        hosts = [
             f"{name} ansible_host={LOOPBACK} ansible_port={self.port(name)}"
             f" ansible_user=root ansible_ssh_private_key_file={self.key}"
             f" ansible_ssh_common_args='{common}'"
@@ -352,13 +365,8 @@ class Fleet:
             for name in self.names
         ]
 
-        for group, members in (group_map or {}).items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", group):
-                raise ValueError(f"{group!r} is not a valid Ansible group name")
-            lines += ["", f"[{group}]", *(self._check_name(m) for m in members)]
-
         target = Path(path)
-        target.write_text("\n".join(lines) + "\n")
+        target.write_text("\n".join(hosts + groups) + "\n")
         return target
 
     def teardown(self) -> None:
@@ -372,14 +380,9 @@ class Fleet:
         with self._lock:
             if self._base is None:
                 return
-            for host in self._hosts.values():
-                if host.proc is not None and host.proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        host.proc.send_signal(signal.SIGTERM)
             _cleanup_base(self._base, created_base=self._created_base)
             for host in self._hosts.values():
                 self._reap_parent(host)
-                host.mounted = False
             self._hosts.clear()
             self._base = None
             atexit.unregister(self._teardown_at_exit)
@@ -416,29 +419,29 @@ class Fleet:
         """Create (or adopt) the base directory, check it, and mark it as ours."""
         if self.base_dir is None:
             parent = os.environ.get(TMPDIR_ENV) or None
-            self._base = Path(tempfile.mkdtemp(prefix="driftd-fleet-", dir=parent))
-            self._created_base = True
+            base = Path(tempfile.mkdtemp(prefix="driftd-fleet-", dir=parent))
+            created = True
         else:
-            self._base = Path(self.base_dir)
-            self._created_base = not self._base.exists()
-            self._base.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if any(self._base.iterdir()):
-                raise FleetError(f"fleet base {self._base} is not empty")
-        self._base = self._base.resolve()
+            base = Path(self.base_dir)
+            created = not base.exists()
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if any(base.iterdir()):
+                raise FleetError(f"fleet base {base} is not empty")
+        base = base.resolve()
 
-        problem = _base_dir_problem(self._base)
+        problem = _base_dir_problem(base)
         if problem:
-            if self._created_base:
-                shutil.rmtree(self._base)
-            self._base = None
+            if created:
+                shutil.rmtree(base)
             raise FleetError(problem)
 
         marker = {
             "pid": os.getpid(),
             "start": _process_start(os.getpid()),
-            "created_base": self._created_base,
+            "created_base": created,
         }
-        (self._base / MARKER).write_text(json.dumps(marker) + "\n")
+        (base / MARKER).write_text(json.dumps(marker) + "\n")
+        self._base, self._created_base = base, created
 
     def _make_keys(self) -> None:
         """Generate the fleet's client key pair and sshd host key (ed25519)."""
@@ -466,7 +469,6 @@ class Fleet:
         r = str(host.root)
         options = f"lowerdir=/,upperdir={host.upper},workdir={host.work}"
         _check_call(["mount", "-t", "overlay", "-o", options, "overlay", r])
-        host.mounted = True
         _check_call(["mount", "--make-private", r])
 
         _check_call(["mount", "--bind", "/proc", f"{r}/proc"])
@@ -475,16 +477,39 @@ class Fleet:
         _check_call(["mount", "-o", "remount,bind,ro", f"{r}/sys"])
         for where, mode, size in (("run", "755", "64m"), ("tmp", "1777", "256m")):
             options = f"mode={mode},size={size},nosuid,nodev"
-            _check_call(["mount", "-t", "tmpfs", "-o", options, "tmpfs", f"{r}/{where}"])
+            _check_call(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", f"{r}/{where}"]
+            )
 
         # Binds of shared mounts join the source's peer group: make every mount
         # under the root a slave so unmounting it never propagates to the host.
         _check_call(["mount", "--make-rslave", r])
 
     def _configure(self, host: _Host) -> None:
-        """Write the host's hostname, sshd config, host key and authorized_keys."""
+        """Write the host's name files, resolver, sshd config, keys.
+
+        /etc/hosts gains every fleet name (the same lines on each host) and
+        /etc/resolv.conf points at 127.0.0.1 only, so nothing inside a host
+        (e.g. Ansible's fqdn fact) asks the machine's real DNS server about
+        names like ``fleet01``.
+        """
         root = host.root
-        (root / "etc/hostname").write_text(host.name + "\n")
+        _write_inside(root, "etc/hostname", host.name + "\n")
+        fleet_names = "".join(
+            f"127.0.1.{i}\t{name}\n" for i, name in enumerate(self.names, 1)
+        )
+        hosts = (
+            (root / "etc/hosts").read_text() if (root / "etc/hosts").is_file() else ""
+        )
+        _write_inside(
+            root, "etc/hosts", f"{hosts.rstrip()}\n# driftd test fleet\n{fleet_names}"
+        )
+        _write_inside(
+            root,
+            "etc/resolv.conf",
+            "# driftd test fleet: DNS stays on loopback\n"
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
 
         (root / "run/sshd").mkdir(mode=0o755)
         (root / "run/lock").mkdir(mode=0o1777)
@@ -497,11 +522,11 @@ class Fleet:
         host_key.chmod(0o600)
 
         ssh_dir = root / "root/.ssh"
+        if ssh_dir.is_symlink():
+            ssh_dir.unlink()
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         ssh_dir.chmod(0o700)
-        authorized = ssh_dir / "authorized_keys"
-        authorized.write_text(self.public_key + "\n")
-        authorized.chmod(0o600)
+        _write_inside(root, "root/.ssh/authorized_keys", self.public_key + "\n", 0o600)
 
     def _spawn_sshd(self, host: _Host) -> None:
         """Start sshd -D for HOST in a new UTS namespace, chrooted to its root."""
@@ -616,11 +641,8 @@ def _available() -> tuple[bool, str]:
     if missing:
         return False, f"missing tools: {', '.join(missing)}"
 
-    with contextlib.suppress(OSError):
-        filesystems = Path("/proc/filesystems").read_text()
-        if "overlay" not in filesystems:
-            # The module may just not be loaded yet; the trial mount decides.
-            log.debug("overlay not in /proc/filesystems yet")
+    # overlay may be a module not loaded yet (absent from /proc/filesystems),
+    # so a real mount decides.
     return _trial_overlay()
 
 
@@ -667,13 +689,18 @@ def _base_dir_problem(base: Path) -> str | None:
             f" dirs cannot stack on it: set {TMPDIR_ENV} to a directory on"
             " ext4, xfs, btrfs or tmpfs"
         )
-    if MARKER in {p.name for p in base.parents if (p / MARKER).exists()}:
+    if any((parent / MARKER).exists() for parent in base.parents):
         return f"{base} is inside another fleet's base directory"
     return None
 
 
 def _cleanup_base(base: Path, *, created_base: bool) -> None:
-    """Kill processes rooted under BASE, unmount everything there, remove files."""
+    """Kill processes rooted under BASE, unmount everything there, remove files.
+
+    Removes BASE itself if the fleet created it, else only the fleet's own files.
+    """
+    if not base.is_dir():
+        return
     roots = sorted(p / "root" for p in base.iterdir() if (p / "root").is_dir())
 
     for _ in range(3):
@@ -696,11 +723,10 @@ def _cleanup_base(base: Path, *, created_base: bool) -> None:
     if created_base:
         shutil.rmtree(base)
         return
-    for entry in base.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    for root in roots:
+        shutil.rmtree(root.parent)
+    for file_name in (*KEY_FILES, MARKER):
+        (base / file_name).unlink(missing_ok=True)
 
 
 def _reap_stale(tmp_root: Path | None) -> list[Path]:
@@ -844,6 +870,22 @@ def _ssh_banner(port: int, timeout: float) -> bytes | None:
     return banner if banner.startswith(b"SSH-") else None
 
 
+def _write_inside(root: Path, relative: str, text: str, mode: int = 0o644) -> None:
+    """Write TEXT to ROOT/RELATIVE without following a symlink out of ROOT.
+
+    An absolute symlink in a host (say /etc/resolv.conf -> /run/...) resolves
+    against the real machine when followed from outside, so a symlink at the
+    target is replaced, and a parent that resolves outside ROOT is refused.
+    """
+    target = root / relative
+    if not target.parent.resolve().is_relative_to(root):
+        raise FleetError(f"{target.parent} leads out of {root}; not writing there")
+    if target.is_symlink():
+        target.unlink()
+    target.write_text(text)
+    target.chmod(mode)
+
+
 def _check_call(command: list[str]) -> None:
     """Run COMMAND; raise FleetError with its stderr if it fails."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -865,7 +907,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def fleet_fixture_factory(
     count: int = 3,
     *,
-    scope: str = "session",
+    scope: Literal["session", "package", "module", "class", "function"] = "session",
     name: str = "fleet",
     port_base: int | None = None,
 ) -> Callable[..., Any]:
@@ -885,4 +927,4 @@ def fleet_fixture_factory(
             yield fleet
 
     _fixture.__doc__ = f"A started {count}-host SSH fleet on 127.0.0.1."
-    return pytest.fixture(scope=scope, name=name)(_fixture)  # type: ignore[call-overload,no-any-return]
+    return pytest.fixture(scope=scope, name=name)(_fixture)

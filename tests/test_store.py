@@ -92,7 +92,7 @@ def test_a_database_from_a_newer_driftd_is_refused_clearly(tmp_path: Path) -> No
 def test_a_file_that_is_not_a_database_is_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "h.db").write_text("hello, not sqlite\n" * 100)
 
-    with pytest.raises(StoreError, match="not a driftd database|cannot open"):
+    with pytest.raises(StoreError, match=r"not a driftd database|cannot open"):
         Store.open(tmp_path / "h.db")
 
 
@@ -133,7 +133,8 @@ def test_kill_9_mid_scan_leaves_a_consistent_history(tmp_path: Path) -> None:
     for host in range(20):
         results = list(
             store.db.query(
-                "SELECT opened, closed, items FROM host_results WHERE host = ? ORDER BY id",
+                "SELECT opened, closed, items FROM host_results "
+                "WHERE host = ? ORDER BY id",
                 [f"h{host}"],
             )
         )

@@ -6,6 +6,7 @@ round trips. Each section reports its own error, so one that cannot be read
 leaves the others intact. Nothing on the host is changed.
 """
 
+import base64
 import grp
 import hashlib
 import os
@@ -212,6 +213,29 @@ def ports():
     return found
 
 
+BYTES_MARK = "__driftd_bytes__"
+
+
+def _transportable(text):
+    """Text that Ansible will carry: not-UTF-8 bytes travel as base64, marked."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        return BYTES_MARK + ":" + base64.b64encode(raw).decode("ascii")
+    return text
+
+
+def transportable(value):
+    if isinstance(value, dict):
+        return {_transportable(k): transportable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [transportable(v) for v in value]
+    if isinstance(value, str):
+        return _transportable(value)
+    return value
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -246,7 +270,7 @@ def main():
                 result[section] = readers[section]()
         except Exception as error:  # one broken section must not lose the others
             errors[section] = str(error)
-    module.exit_json(changed=False, driftd=result, driftd_errors=errors)
+    module.exit_json(changed=False, driftd=transportable(result), driftd_errors=errors)
 
 
 if __name__ == "__main__":
