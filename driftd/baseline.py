@@ -54,6 +54,14 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     "facts.discovered_interpreter_python",
     "facts._ansible_facts_gathered",
     "facts.lvm.vgs.*.free_g",
+    # Device numbers the kernel hands out at boot (loopN, dm-N), and what hangs
+    # on them: the same snaps and LUKS volumes come back under other numbers.
+    "facts.devices.loop*",
+    'facts.mounts["/snap/*"].device',
+    "facts.devices.dm-*.links",
+    "facts.devices.*.links.masters",
+    "facts.device_links.*.dm-*",
+    "facts.device_links.masters",
 )
 
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -124,6 +124,8 @@ def _show(value: Any, width: int = 60) -> str:
         else json.dumps(value, sort_keys=True, ensure_ascii=False)
     )
     text = text.replace("\n", "\\n")
+    # Bytes that were not UTF-8 (carried as surrogate escapes) show as \xNN.
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
     return text if len(text) <= width else text[: width - 1] + "…"
 

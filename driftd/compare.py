@@ -64,6 +64,7 @@ class Comparison:
 
     items: list[DriftItem]
     hidden: dict[str, int] = field(default_factory=dict)
+    unobserved: list[str] = field(default_factory=list)
 
 
 def _loose(value: Any) -> str:
@@ -249,15 +250,21 @@ def compare(
     items: list[DriftItem] = []
     cuts: list[tuple[Path, int]] = []
     pinned = [pin.path for pin in expected.pins]
+    unobserved: list[str] = []
 
     for section, wanted in expected.tree.items():
         if section not in actual.data:
+            unobserved.append(section)
             continue
         old, old_cuts = prune(wanted, rules, (section,))
         new, new_cuts = prune(actual.data[section], rules, (section,))
         cuts += old_cuts + new_cuts
         for item in diff_trees((section,), old, new):
-            if actual.is_unknown(item.path) or _under(item.path, expected.unknown):
+            if _under(item.path, expected.unknown):
+                continue
+            if actual.is_unknown(item.path):
+                if item.kind != "added":
+                    unobserved.append(item.path_text)
                 continue
             if any(item.path[: len(p)] == p for p in pinned):
                 continue
@@ -265,6 +272,7 @@ def compare(
 
     for pin in expected.pins:
         if actual.is_unknown(pin.path):
+            unobserved.append(format_path(pin.path))
             continue
         found, value = _lookup(actual.data, pin.path)
         failed = _pin_item(pin.path, pin.matcher, found, value)
@@ -272,7 +280,7 @@ def compare(
             items.append(failed)
 
     items.sort(key=lambda i: (i.path_text, i.kind))
-    comparison = Comparison(items)
+    comparison = Comparison(items, unobserved=sorted(set(unobserved)))
     if explain:
         comparison.hidden = _count_hidden(expected.tree, actual.data, cuts, rules)
         for text in expected.ignore:

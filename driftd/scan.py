@@ -236,14 +236,27 @@ def _version_ids(
 
 def evaluate(
     outcome: HostOutcome, expected: Expected | None, *, explain: bool = False
-) -> tuple[str, Comparison | None]:
-    """The status and comparison of one collected host against its baseline."""
-    if outcome.snapshot is None or outcome.status not in ("ok", "partial"):
-        return outcome.status, None
-    if expected is None:
-        return "no_baseline", None
+) -> tuple[str, Comparison | None, str | None]:
+    """The status, comparison and message of one collected host.
 
-    return outcome.status, compare(expected, outcome.snapshot, explain=explain)
+    A host whose baseline expects values that were not observed (a section
+    or fact not gathered, a placeholder) is ``partial``, whatever Ansible said.
+    """
+    if outcome.snapshot is None or outcome.status not in ("ok", "partial"):
+        return outcome.status, None, outcome.message
+    if expected is None:
+        return "no_baseline", None, outcome.message
+
+    comparison = compare(expected, outcome.snapshot, explain=explain)
+    if not comparison.unobserved:
+        return outcome.status, comparison, outcome.message
+
+    shown = ", ".join(comparison.unobserved[:5])
+    more = len(comparison.unobserved) - 5
+    note = f"not observed: {shown}" + (f" and {more} more" if more > 0 else "")
+    message = f"{outcome.message}; {note}" if outcome.message else note
+
+    return "partial", comparison, message
 
 
 def run_scan(
@@ -299,7 +312,7 @@ def _scan(
     for target in targets:
         outcome = outcomes[target.name]
         expected = baselines.expected(target.name, target.groups, settings.ignore_rules)
-        status, comparison = evaluate(outcome, expected, explain=True)
+        status, comparison, message = evaluate(outcome, expected, explain=True)
         items = comparison.items if comparison else []
         layers = expected.layers if expected else []
         rules = expected.ignore if expected else settings.ignore_rules
@@ -311,7 +324,7 @@ def _scan(
             snapshot_json=snapshot.to_json() if snapshot else None,
             snapshot_hash=snapshot.content_hash() if snapshot else None,
             baseline_ids=_version_ids(store, baselines, layers),
-            message=outcome.message,
+            message=message,
             is_unknown=snapshot.is_unknown if snapshot else None,
             hidden=comparison.hidden if comparison else None,
         )
@@ -322,7 +335,7 @@ def _scan(
             items,
             change.opened,
             change.closed,
-            outcome.message,
+            message,
             [layer.name for layer in layers],
         )
         bound.info(

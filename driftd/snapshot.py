@@ -62,6 +62,11 @@ CONNECTION_VARS = frozenset(
     }
 )
 
+# Variables Ansible sets for every host; their presence marks a hostvars dump.
+MAGIC_VARS = frozenset(
+    {"inventory_hostname", "group_names", "groups", "hostvars", "playbook_dir", "omit"}
+)
+
 Tree = dict[str, Any]
 
 
@@ -82,8 +87,15 @@ class Snapshot:
         return frozenset(self.data)
 
     def is_unknown(self, path: Path) -> bool:
-        """Whether ``path`` lies in a part that was not observed."""
+        """Whether ``path`` lies in a part that was not observed.
+
+        Besides sections and placeholders, a top-level fact that is missing is
+        unknown: setup leaves out what it could not gather (a timed-out
+        subset, a context without the rights), it never reports a removal.
+        """
         if path and path[0] not in self.data:
+            return True
+        if len(path) > 1 and path[0] == "facts" and path[1] not in self.data["facts"]:
             return True
 
         return any(path[: len(u)] == u for u in self.unknown)
@@ -209,7 +221,7 @@ def normalise_value(value: Any, path: Path, unknown: set[Path]) -> Any:
 def _strip_prefix(facts: Mapping[str, Any]) -> Tree:
     result: Tree = {}
     for key, value in facts.items():
-        if not key.startswith("ansible_"):
+        if not key.startswith("ansible_") and f"ansible_{key}" not in CONNECTION_VARS:
             result.setdefault(key, value)
     for key, value in facts.items():
         if key.startswith("ansible_") and key not in CONNECTION_VARS:
@@ -361,8 +373,9 @@ def _facts_from_document(document: Any, name: str) -> tuple[Tree | None, Any, An
 
     facts: dict[str, Any]
     nested = document.get("ansible_facts")
-    if isinstance(nested, Mapping):
-        facts = dict(nested)
+    if isinstance(nested, Mapping) or MAGIC_VARS & document.keys():
+        # A module result or a hostvars dump: facts, beside inventory variables.
+        facts = dict(nested) if isinstance(nested, Mapping) else {}
         for key, value in document.items():
             if key.startswith("ansible_") and key != "ansible_facts":
                 facts.setdefault(key, value)
