@@ -468,7 +468,7 @@ class BaselineSet:
         for sub in ("groups", "hosts"):
             folder = root / sub
             if folder.is_dir():
-                files += sorted(p for p in folder.iterdir() if _is_layer_file(p))
+                files += sorted(p for p in folder.iterdir() if is_layer_file(p))
 
         layers: dict[str, Layer] = {}
         problems: list[str] = []
@@ -517,7 +517,7 @@ def merge_layers(layers: list[Layer], ignore: Iterable[str]) -> Expected:
     return Expected(tree, list(pins.values()), tuple(dict.fromkeys(rules)), layers)
 
 
-def _is_layer_file(path: FsPath) -> bool:
+def is_layer_file(path: FsPath) -> bool:
     name = path.name
     temporary = name.startswith((".", "#")) or name.endswith(("~", ".swp", ".tmp"))
 

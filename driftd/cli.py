@@ -179,40 +179,139 @@ def main() -> None:
 @click.option(
     "--limit", "-l", metavar="PATTERN", help="Only hosts matching this Ansible pattern."
 )
+@click.option(
+    "--no-daemon", is_flag=True, help="Scan in this process even if a daemon runs."
+)
 @json_option
-def scan(limit: str | None, as_json: bool) -> None:
-    """Collect facts from hosts, compare them with their baselines, record drift."""
+def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
+    """Collect facts from hosts, compare them with their baselines, record drift.
+
+    With a driftd daemon running for the same inventory, database and
+    baselines, the scan runs in the daemon (as soon as its hosts are free);
+    otherwise here. Either way two scans never write the same host at once.
+    """
+    from driftd.daemon import request_scan
     from driftd.scan import run_scan
 
     _setup_logging()
-    report = run_scan(settings(), limit=limit)
+    current = settings()
+    report = None if no_daemon else request_scan(current, limit)
+    if report is None:
+        report = run_scan(current, limit=limit).to_dict()
     if as_json:
-        _print_json(report.to_dict())
-        sys.exit(report.exit_code)
+        _print_json(report)
+        sys.exit(report["exit_code"])
 
-    rows = []
-    for host in report.hosts:
-        rows.append(
+    hosts = report["hosts"]
+    _table(
+        [
             (
-                host.host,
-                host.status,
-                len(host.items),
-                host.opened,
-                host.closed,
-                _show(host.message, 70),
+                h["host"],
+                h["status"],
+                len(h["items"]),
+                h["opened"],
+                h["resolved"],
+                _show(h["message"], 70),
             )
-        )
-    _table(rows, ("host", "status", "drift", "new", "resolved", "message"))
-    drifted = [h for h in report.hosts if h.items]
+            for h in hosts
+        ],
+        ("host", "status", "drift", "new", "resolved", "message"),
+    )
+    drifted = [h for h in hosts if h["items"]]
     if drifted:
         click.echo()
-        for host in drifted:
-            _print_items(host.host, host.items)
+        _table(
+            [
+                (
+                    h["host"],
+                    i["path"],
+                    i["kind"],
+                    _show(i["expected"]),
+                    _show(i["actual"]),
+                )
+                for h in drifted
+                for i in h["items"]
+            ],
+            ("host", "path", "kind", "expected", "actual"),
+        )
     click.echo(
-        f"\nscan {report.scan_id} {report.status}: {len(report.hosts)} hosts, "
+        f"\nscan {report['scan_id']} {report['status']}: {len(hosts)} hosts, "
         f"{len(drifted)} with drift"
     )
-    sys.exit(report.exit_code)
+    sys.exit(report["exit_code"])
+
+
+@main.command()
+@global_options
+@click.option(
+    "--interval",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="Scan every host this often, whatever the config says.",
+)
+def daemon(interval: int | None) -> None:
+    """Run as a service: scheduled scans, baseline reloads, ad hoc scans.
+
+    SIGHUP reloads config and baselines; SIGTERM and SIGINT stop the running
+    scan (marked interrupted) and exit. Logs go to stdout: JSON lines unless
+    stdout is a terminal.
+    """
+    from driftd import log
+    from driftd.daemon import Daemon
+
+    obj = click.get_current_context().find_root().obj or {}
+    verbosity = obj.get("verbose", 0)
+    log.configure(level="debug" if verbosity > 1 else "info", stream=sys.stdout)
+    overrides = {k: obj.get(k) for k in ("inventory", "db", "baselines")}
+    Daemon(obj.get("config"), overrides, interval).run()
+
+
+@main.command()
+@global_options
+@json_option
+def status(as_json: bool) -> None:
+    """Whether the daemon runs, what it is doing, each group's last scan.
+
+    Exit status: 0 the daemon runs, 3 it does not, 1 error.
+    """
+    from driftd.daemon import daemon_status
+
+    current = settings()
+    state = daemon_status(current) or {"running": False, "socket": str(current.socket)}
+    if as_json:
+        _print_json(state)
+        sys.exit(0 if state["running"] else 3)
+    if not state["running"]:
+        click.echo(f"driftd daemon: not running (no answer on {current.socket})")
+        sys.exit(3)
+
+    click.echo(
+        f"driftd daemon: running, pid {state['pid']}, since {state['started']}, "
+        f"{state['hosts']} hosts, db {state['db']}"
+    )
+    current_job = state.get("current")
+    if current_job:
+        click.echo(f"now: {current_job['trigger']} scan since {current_job['since']}")
+    else:
+        click.echo("now: idle")
+    if state.get("last"):
+        click.echo(f"last: {state['last']['summary']} at {state['last']['at']}")
+    rows = []
+    for group, entry in sorted(state.get("groups", {}).items()):
+        results = entry["hosts"].values()
+        rows.append(
+            (
+                group,
+                entry["last_scan"]["at"],
+                entry["last_scan"]["id"],
+                len(results),
+                sum(1 for r in results if r["drift"]),
+                sum(1 for r in results if r["status"] != "ok"),
+            )
+        )
+    if rows:
+        click.echo()
+        _table(rows, ("group", "last scan", "scan", "hosts", "drifted", "not checked"))
 
 
 @main.command()

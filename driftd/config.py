@@ -7,6 +7,7 @@ the line and the key, before anything runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path as FsPath
 from typing import Any
@@ -40,6 +41,14 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
+def _default_socket() -> FsPath:
+    if os.geteuid() == 0:
+        return FsPath("/run/driftd/driftd.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/driftd-{os.geteuid()}"  # noqa: S108
+
+    return FsPath(runtime) / "driftd.sock"
+
+
 def _default_baselines() -> FsPath:
     if os.geteuid() == 0:
         return FsPath("/etc/driftd/baselines")
@@ -68,6 +77,11 @@ class Settings:
     gather_timeout: int = 30
     become: bool = False
     host_key_checking: bool = True
+    interval: int = 3600
+    group_intervals: Mapping[str, int] = field(default_factory=dict)
+    jitter: float = 0.1
+    reconcile: int = 30
+    socket: FsPath = field(default_factory=_default_socket)
 
     @property
     def ignore_rules(self) -> tuple[str, ...]:
@@ -90,6 +104,11 @@ _TYPES: dict[str, type] = {
     "gather_timeout": int,
     "become": bool,
     "host_key_checking": bool,
+    "interval": int,
+    "group_intervals": dict,
+    "jitter": float,
+    "reconcile": int,
+    "socket": str,
 }
 
 assert set(_TYPES) == {f.name for f in fields(Settings)}  # noqa: S101
@@ -106,30 +125,51 @@ def _lines(text: str) -> dict[str, int]:
     return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_list(key: str, value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return "must be a list of strings"
+    unknown = [v for v in value if v not in SECTIONS]
+    if key == "sections" and unknown:
+        return f"unknown section {unknown[0]!r} (use {', '.join(SECTIONS)})"
+    for rule in value if key == "ignore" else ():
+        try:
+            compile_glob(rule)
+        except PathError as error:
+            return f"{rule!r}: {error}"
+
+    return None
+
+
+def _check_intervals(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must map inventory group names to seconds"
+    for group, seconds in value.items():
+        if not _whole(seconds):
+            return f"{group}: must be a whole number of seconds above 0"
+
+    return None
+
+
 def _check(key: str, value: Any) -> str | None:
     """What is wrong with one value, or None."""
     wanted = _TYPES[key]
-    if wanted is int and (
-        not isinstance(value, int) or isinstance(value, bool) or value < 1
-    ):
+    if wanted is list:
+        return _check_list(key, value)
+    if wanted is dict:
+        return _check_intervals(value)
+    if wanted is int and not _whole(value):
         return "must be a whole number above 0"
     if wanted is bool and not isinstance(value, bool):
         return "must be true or false"
     if wanted is str and not (isinstance(value, str) and value):
         return "must be a non-empty string"
-    if wanted is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return "must be a list of strings"
-        if key == "sections":
-            unknown = [v for v in value if v not in SECTIONS]
-            if unknown:
-                return f"unknown section {unknown[0]!r} (use {', '.join(SECTIONS)})"
-        if key == "ignore":
-            for rule in value:
-                try:
-                    compile_glob(rule)
-                except PathError as error:
-                    return f"{rule!r}: {error}"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if wanted is float and not (number and 0 <= value <= 1):
+        return "must be a number from 0 to 1"
 
     return None
 
@@ -186,13 +226,15 @@ def apply(
     for key, value in values.items():
         if value is None:
             continue
-        if key in ("db", "baselines"):
+        if key in ("db", "baselines", "socket"):
             path = FsPath(value).expanduser()
             if relative_to is not None and not path.is_absolute():
                 path = relative_to / path
             changes[key] = path
         elif key in ("sections", "files", "ignore"):
             changes[key] = tuple(value)
+        elif key == "jitter":
+            changes[key] = float(value)
         else:
             changes[key] = value
 

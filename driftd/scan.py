@@ -265,72 +265,90 @@ def run_scan(
     limit: str | None = None,
     trigger: str = "cli",
     cancelled: Callable[[], bool] = lambda: False,
-    on_host: Callable[[HostReport], None] | None = None,
+    baselines: BaselineSet | None = None,
 ) -> ScanReport:
-    """Collect, compare and record one scan; each host is kept as it is judged."""
-    baselines = load_baselines(settings)
+    """Collect, compare and record one scan; each host is kept as it is judged.
+
+    ``baselines`` already loaded (the daemon keeps them) are used as they are;
+    otherwise they are read now. Cancelling (``cancelled`` turning true)
+    stops Ansible, keeps the hosts already answered and marks the scan
+    ``interrupted``.
+    """
+    baselines = baselines or load_baselines(settings)
     store = open_store(settings)
     try:
         with inventory_source(settings) as inventory:
             targets = targets_for(inventory, limit)
             with scan_lock(settings):
-                return _scan(
-                    settings,
-                    store,
-                    baselines,
-                    inventory,
-                    targets,
-                    limit=limit,
-                    trigger=trigger,
-                    cancelled=cancelled,
-                    on_host=on_host,
-                )
+                job = _Job(settings, store, baselines, cancelled)
+                return job.run(inventory, targets, limit or "all", trigger)
     finally:
         store.close()
 
 
-def _scan(
-    settings: Settings,
-    store: Store,
-    baselines: BaselineSet,
-    inventory: str,
-    targets: Sequence[Target],
-    *,
-    limit: str | None,
-    trigger: str,
-    cancelled: Callable[[], bool],
-    on_host: Callable[[HostReport], None] | None,
-) -> ScanReport:
-    scan_id = store.begin_scan(trigger, limit or "all")
-    bound = log.bind(scan_id=scan_id)
-    bound.info("scan_started", hosts=len(targets), trigger=trigger)
+@dataclass
+class _Job:
+    settings: Settings
+    store: Store
+    baselines: BaselineSet
+    cancelled: Callable[[], bool]
 
-    outcomes = run_collect(
-        settings, inventory, targets, files_to_stat(settings, baselines), cancelled
-    )
-    reports = []
-    for target in targets:
-        outcome = outcomes[target.name]
-        expected = baselines.expected(target.name, target.groups, settings.ignore_rules)
+    def run(
+        self, inventory: str, targets: Sequence[Target], target: str, trigger: str
+    ) -> ScanReport:
+        scan_id = self.store.begin_scan(trigger, target)
+        with structlog.contextvars.bound_contextvars(scan_id=scan_id):
+            log.info("scan_started", hosts=len(targets), trigger=trigger)
+            files = files_to_stat(self.settings, self.baselines)
+            outcomes = run_collect(
+                self.settings, inventory, targets, files, self.cancelled
+            )
+            reports = []
+            for host in targets:
+                outcome = outcomes[host.name]
+                if self.cancelled() and outcome.snapshot is None:
+                    continue  # cut off before it answered: nothing to record
+                with structlog.contextvars.bound_contextvars(host=host.name):
+                    reports.append(self.judge(scan_id, host, outcome))
+
+            status = "interrupted" if self.cancelled() else "complete"
+            self.store.finish_scan(scan_id, status)
+            drifted = sum(1 for r in reports if r.items)
+            log.info("scan_finished", status=status, drifted=drifted)
+
+        return ScanReport(scan_id, status, reports)
+
+    def judge(self, scan_id: int, host: Target, outcome: HostOutcome) -> HostReport:
+        """Compare one host with its baseline and record it, in one transaction."""
+        ignore = self.settings.ignore_rules
+        expected = self.baselines.expected(host.name, host.groups, ignore)
         status, comparison, message = evaluate(outcome, expected, explain=True)
         items = comparison.items if comparison else []
         layers = expected.layers if expected else []
-        rules = expected.ignore if expected else settings.ignore_rules
+        rules = expected.ignore if expected else ignore
         snapshot = pruned(outcome.snapshot, rules) if outcome.snapshot else None
         record = HostRecord(
-            host=target.name,
+            host=host.name,
             status=status,
             items=items,
             snapshot_json=snapshot.to_json() if snapshot else None,
             snapshot_hash=snapshot.content_hash() if snapshot else None,
-            baseline_ids=_version_ids(store, baselines, layers),
+            baseline_ids=_version_ids(self.store, self.baselines, layers),
             message=message,
             is_unknown=snapshot.is_unknown if snapshot else None,
             hidden=comparison.hidden if comparison else None,
         )
-        change = store.record_host(scan_id, record)
-        report = HostReport(
-            target.name,
+        change = self.store.record_host(scan_id, record)
+        log.info(
+            "host_checked",
+            status=status,
+            items=len(items),
+            opened=change.opened,
+            resolved=change.closed,
+        )
+
+        return HostReport(
+            host.name,
             status,
             items,
             change.opened,
@@ -338,25 +356,6 @@ def _scan(
             message,
             [layer.name for layer in layers],
         )
-        bound.info(
-            "host_checked",
-            host=target.name,
-            status=status,
-            items=len(items),
-            opened=change.opened,
-            resolved=change.closed,
-        )
-        if on_host is not None:
-            on_host(report)
-        reports.append(report)
-
-    status = "interrupted" if cancelled() else "complete"
-    store.finish_scan(scan_id, status)
-    bound.info(
-        "scan_finished", status=status, drifted=sum(1 for r in reports if r.items)
-    )
-
-    return ScanReport(scan_id, status, reports)
 
 
 # --- comparing files and stored scans -----------------------------------------------
