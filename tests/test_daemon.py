@@ -1,4 +1,4 @@
-"""The real daemon as a subprocess: schedule, reloads, ad hoc scans, signals, systemd."""
+"""The real daemon as a subprocess: schedule, reloads, ad hoc scans, signals."""
 
 from __future__ import annotations
 
@@ -315,7 +315,8 @@ def test_the_daemon_scans_the_ssh_fleet_on_schedule(
                 return False
             with sqlite3.connect(driftd.db) as connection:
                 rows = connection.execute(
-                    "SELECT count(*) FROM host_results WHERE host = ? AND status = 'ok'",
+                    "SELECT count(*) FROM host_results "
+                    "WHERE host = ? AND status = 'ok'",
                     [web],
                 ).fetchone()
             return bool(rows[0] >= 2)
