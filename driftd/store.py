@@ -539,13 +539,13 @@ class Store:
         path_glob: str | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        """Episodes that began or ended since ``since``, newest first."""
+        """Episodes seen or closed since ``since``, newest first."""
         clauses, args = [], []
         if host:
             clauses.append("host = ?")
             args.append(host)
         if since:
-            clauses.append("(first_seen >= ? OR closed_at >= ? OR closed_at IS NULL)")
+            clauses.append("(last_seen >= ? OR closed_at >= ?)")
             args += [since, since]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.db.query(
