@@ -18,6 +18,7 @@ override earlier ones. A layer may hold:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -30,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from driftd import yamlfile
+from driftd.errors import UserError
 from driftd.paths import Path, PathError, format_path, parse_path
 from driftd.snapshot import SECTIONS, normalise_value, strict_equal
 
@@ -64,15 +67,13 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     "facts.device_links.masters",
 )
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 LAYER_KEYS = ("description", "ignore", "expect", "snapshot")
 MATCHERS = ("equals", "one_of", "regex", "version", "present", "absent")
 
 Tree = dict[str, Any]
 
 
-class BaselineError(ValueError):
+class BaselineError(UserError, ValueError):
     """Baseline files that cannot be used; ``problems`` lists each one."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -276,9 +277,8 @@ class Expected:
 
 
 def _line_of(text: str, keys: list[Any]) -> int | None:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    node = yamlfile.compose(text)
+    if node is None:
         return None
 
     line = None
@@ -304,20 +304,18 @@ def _problem(name: str, text: str, keys: list[Any], message: str) -> str:
     return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
-def _yaml_error(name: str, error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    where = f"{name}:{mark.line + 1}" if mark is not None else name
-    problem = getattr(error, "problem", None) or str(error)
+def _yaml_problem(name: str, error: yamlfile.YamlError) -> str:
+    where = f"{name}:{error.line}" if error.line else name
 
-    return f"{where}: not valid YAML: {problem}"
+    return f"{where}: {error.message}"
 
 
 def parse_layer(name: str, text: str) -> Layer:
     """Read and check one baseline file; BaselineError lists every problem."""
     try:
-        document = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as error:
-        raise BaselineError([_yaml_error(name, error)]) from error
+        document = yamlfile.load(text)
+    except yamlfile.YamlError as error:
+        raise BaselineError([_yaml_problem(name, error)]) from error
 
     if document is None:
         return Layer(name, text)
@@ -457,28 +455,39 @@ class BaselineSet:
 
     root: FsPath
     layers: dict[str, Layer]
+    stamp: tuple[tuple[str, int, int], ...] = ()
 
     @classmethod
     def load(cls, root: FsPath) -> BaselineSet:
-        """Load every ``*.yml`` layer; BaselineError lists every problem at once."""
+        """Load every layer (``.yml`` or ``.yaml``); BaselineError lists every
+        problem at once."""
         if not root.is_dir():
             raise BaselineError([f"{root}: baselines directory does not exist"])
 
-        files = [root / "all.yml"]
+        problems: list[str] = []
+        files = [root / "all.yml", root / "all.yaml"]
         for sub in ("groups", "hosts"):
             folder = root / sub
-            if folder.is_dir():
-                files += sorted(p for p in folder.iterdir() if is_layer_file(p))
+            try:
+                if folder.is_dir():
+                    files += sorted(p for p in folder.iterdir() if is_layer_file(p))
+            except OSError as error:
+                problems.append(f"{folder}: cannot list: {error.strerror}")
 
         layers: dict[str, Layer] = {}
-        problems: list[str] = []
         for path in files:
             if not path.is_file():
                 continue
             name = path.relative_to(root).as_posix()
+            key = canonical_name(name)
+            if key in layers:
+                problems.append(
+                    f"{root}/{name}: {layers[key].name} is the same layer: keep one"
+                )
+                continue
             try:
                 text = path.read_text(encoding="utf-8", errors="surrogateescape")
-                layers[name] = parse_layer(name, text)
+                layers[key] = parse_layer(name, text)
             except BaselineError as error:
                 problems += [f"{root}/{p}" for p in error.problems]
             except OSError as error:
@@ -486,7 +495,23 @@ class BaselineSet:
         if problems:
             raise BaselineError(problems)
 
-        return cls(root, layers)
+        return cls(root, layers, _stamp(files))
+
+    def fresh(self) -> BaselineSet:
+        """These layers, or the files again if any changed since they were read."""
+        files = [self.root / "all.yml", self.root / "all.yaml"]
+        for sub in ("groups", "hosts"):
+            with contextlib.suppress(OSError):
+                files += (p for p in (self.root / sub).iterdir() if is_layer_file(p))
+
+        return self if _stamp(files) == self.stamp else BaselineSet.load(self.root)
+
+    def file_of(self, name: str) -> str:
+        """The file that holds layer ``name`` (``X.yml``): ``X.yaml`` if that is
+        the one that exists."""
+        layer = self.layers.get(name)
+
+        return layer.name if layer else name
 
     def layers_for(self, host: str, groups: Iterable[str]) -> list[Layer]:
         """The layers that apply to a host, earliest first."""
@@ -503,6 +528,18 @@ class BaselineSet:
         return merge_layers(layers, ignore) if layers else None
 
 
+def _stamp(files: Iterable[FsPath]) -> tuple[tuple[str, int, int], ...]:
+    """Name, change time and size of each file: cheap to take, changed by any
+    write (an atomic rename included)."""
+    stamps = []
+    for path in sorted(files):
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            stamps.append((str(path), info.st_mtime_ns, info.st_size))
+
+    return tuple(stamps)
+
+
 def merge_layers(layers: list[Layer], ignore: Iterable[str]) -> Expected:
     """Layers merged in order: later snapshots and pins override earlier ones."""
     tree: Tree = {}
@@ -517,6 +554,11 @@ def merge_layers(layers: list[Layer], ignore: Iterable[str]) -> Expected:
     return Expected(tree, list(pins.values()), tuple(dict.fromkeys(rules)), layers)
 
 
+def canonical_name(name: str) -> str:
+    """Layers are known by their ``.yml`` name; ``.yaml`` files are read alike."""
+    return name.removesuffix(".yaml") + ".yml" if name.endswith(".yaml") else name
+
+
 def is_layer_file(path: FsPath) -> bool:
     name = path.name
     temporary = name.startswith((".", "#")) or name.endswith(("~", ".swp", ".tmp"))
@@ -528,8 +570,12 @@ def is_layer_file(path: FsPath) -> bool:
 
 
 def dump_layer(document: Mapping[str, Any]) -> str:
-    """YAML text of a layer, keys in the order people read them."""
+    """YAML text of a layer: its keys in the order people read them, pins in
+    the order they were written, the snapshot sorted (the same content always
+    gives the same file, whether it was collected now or read from history)."""
     ordered = {k: document[k] for k in LAYER_KEYS if k in document}
+    if "snapshot" in ordered:
+        ordered["snapshot"] = _sorted_tree(ordered["snapshot"])
 
     return yaml.safe_dump(
         ordered,
@@ -540,11 +586,20 @@ def dump_layer(document: Mapping[str, Any]) -> str:
     )
 
 
+def _sorted_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_tree(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_sorted_tree(item) for item in value]
+
+    return value
+
+
 def write_atomic(path: FsPath, text: str) -> None:
     """Replace ``path`` with ``text`` at once: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent
     )
     try:
         with os.fdopen(
@@ -567,9 +622,13 @@ def load_document(path: FsPath) -> Tree:
     """The raw mapping of a layer file, or an empty one if it does not exist."""
     if not path.exists():
         return {}
-    document = yaml.safe_load(
-        path.read_text(encoding="utf-8", errors="surrogateescape")
-    )
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        document = yamlfile.load(text)
+    except OSError as error:
+        raise BaselineError([f"{path}: cannot read: {error.strerror}"]) from error
+    except yamlfile.YamlError as error:
+        raise BaselineError([_yaml_problem(str(path), error)]) from error
 
     return document if isinstance(document, dict) else {}
 

@@ -6,31 +6,48 @@ but some hosts could not be checked, 1 error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_HELP = """Exit status: 0 no drift, 2 drift found, 3 no drift but some hosts
-could not be checked (unreachable, failed, partial or without a baseline),
-1 error."""
+EXIT_HELP = """Exit status: 0 no drift, 2 drift found, 3 no drift but something
+could not be checked (hosts unreachable, failed, partial or without a baseline;
+for diff, parts missing from the actual file), 1 error."""
 
 
 # --- options shared by every command ------------------------------------------------
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep a global option wherever it was given: before or after the command.
+
+    What was typed on the command line wins over the environment and defaults,
+    whichever of the two places saw it; typed twice, the later one wins.
+    """
     root = ctx.find_root()
     root.ensure_object(dict)
-    if value is not None and param.name is not None:
-        root.obj[param.name] = value
+    name = param.name
+    if value is None or name is None:
+        return value
+
+    typed = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    if typed:
+        root.obj[name] = value
+        root.obj.setdefault("typed", set()).add(name)
+    elif name not in root.obj.get("typed", set()):
+        root.obj.setdefault(name, value)
 
     return value
 
@@ -82,6 +99,9 @@ def global_options(function: F) -> F:
 
     return function
 
+
+VERSION = click.IntRange(min=1, max=2**62)
+ID = click.IntRange(min=1, max=2**62)
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for programs."
@@ -197,7 +217,11 @@ def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
     current = settings()
     report = None if no_daemon else request_scan(current, limit)
     if report is None:
-        report = run_scan(current, limit=limit).to_dict()
+        with _signals_cancel() as stopped:
+            report = run_scan(current, limit=limit, cancelled=stopped.is_set).to_dict()
+        if stopped.is_set():
+            report["exit_code"] = 1
+            click.echo(f"driftd: scan {report['scan_id']} interrupted", err=True)
     if as_json:
         _print_json(report)
         sys.exit(report["exit_code"])
@@ -239,6 +263,25 @@ def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
         f"{len(drifted)} with drift"
     )
     sys.exit(report["exit_code"])
+
+
+@contextlib.contextmanager
+def _signals_cancel() -> Iterator[threading.Event]:
+    """SIGTERM, SIGINT and SIGHUP cancel the scan in progress (Ansible stops,
+    hosts already judged stay recorded, temp files go) instead of killing
+    driftd half-way."""
+    stopped = threading.Event()
+
+    def cancel(_signum: int, _frame: FrameType | None) -> None:
+        stopped.set()
+
+    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {number: signal.signal(number, cancel) for number in caught}
+    try:
+        yield stopped
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @main.command()
@@ -325,7 +368,7 @@ def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
     """Drift that is open now."""
     from driftd.scan import open_store
 
-    store = open_store(settings())
+    store = open_store(settings(), create=False)
     episodes = store.open_episodes(host, path_glob)
     store.close()
     if as_json:
@@ -356,6 +399,16 @@ _RELATIVE = re.compile(r"(\d+)\s*([smhdw])\Z")
 
 def parse_when(text: str) -> str:
     """``7d``, ``12h``, ``30m`` ago, or an ISO date/time, as a UTC timestamp."""
+    try:
+        return _when(text)
+    except (OverflowError, ValueError) as error:
+        raise click.BadParameter(
+            f"{text!r}: use 7d, 12h, 30m or an ISO date ({error})",
+            param_hint="'--since'",
+        ) from error
+
+
+def _when(text: str) -> str:
     match = _RELATIVE.match(text.strip())
     if match:
         unit = {
@@ -367,12 +420,7 @@ def parse_when(text: str) -> str:
         }[match.group(2)]
         moment = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
     else:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except ValueError as error:
-            raise click.BadParameter(
-                f"{text!r}: use 7d, 12h, 30m or an ISO date"
-            ) from error
+        moment = datetime.fromisoformat(text.strip())
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
 
@@ -388,16 +436,24 @@ def parse_when(text: str) -> str:
 @click.option(
     "--path", "path_glob", metavar="GLOB", help="Only paths this glob covers."
 )
+@click.option(
+    "--last",
+    type=click.IntRange(min=1, max=10**9),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="At most the N newest episodes.",
+)
 @json_option
 def history(
-    host: str | None, since: str | None, path_glob: str | None, as_json: bool
+    host: str | None, since: str | None, path_glob: str | None, last: int, as_json: bool
 ) -> None:
     """Drift episodes, newest first: when each was first and last seen, how it ended."""
     from driftd.scan import open_store
 
     since_stamp = parse_when(since) if since else None
-    store = open_store(settings())
-    episodes = store.history(host, since_stamp, path_glob)
+    store = open_store(settings(), create=False)
+    episodes = store.history(host, since_stamp, path_glob, limit=last)
     store.close()
     if as_json:
         _print_json(episodes)
@@ -425,7 +481,7 @@ def history(
 
 @main.command()
 @global_options
-@click.argument("scan_id", type=int)
+@click.argument("scan_id", type=ID)
 @click.option("--explain", is_flag=True, help="Also count what each ignore rule hid.")
 @json_option
 def show(scan_id: int, explain: bool, as_json: bool) -> None:
@@ -433,7 +489,7 @@ def show(scan_id: int, explain: bool, as_json: bool) -> None:
     from driftd.scan import DriftdError, open_store
 
     current = settings()
-    store = open_store(current)
+    store = open_store(current, create=False)
     scan_row = store.scan(scan_id)
     if scan_row is None:
         store.close()
@@ -501,7 +557,10 @@ def diff(expected: FsPath, actual: FsPath, explain: bool, as_json: bool) -> None
 
     comparison = diff_files(settings(), expected, actual, explain=explain)
     if as_json:
-        document: dict[str, Any] = {"items": [i.to_dict() for i in comparison.items]}
+        document: dict[str, Any] = {
+            "items": [i.to_dict() for i in comparison.items],
+            "unobserved": comparison.unobserved,
+        }
         if explain:
             document["hidden"] = comparison.hidden
         _print_json(document)
@@ -510,9 +569,16 @@ def diff(expected: FsPath, actual: FsPath, explain: bool, as_json: bool) -> None
             _print_items(actual.name, comparison.items)
         else:
             click.echo("no drift")
+        if comparison.unobserved:
+            click.echo(
+                f"not in {actual.name}, so not compared: "
+                + ", ".join(comparison.unobserved)
+            )
         if explain:
             _print_hidden(comparison.hidden)
-    sys.exit(2 if comparison.items else 0)
+    if comparison.items:
+        sys.exit(2)
+    sys.exit(3 if comparison.unobserved else 0)
 
 
 @main.command("check-config")
@@ -529,7 +595,7 @@ def check_config() -> None:
     )
     click.echo(
         f"baselines ok: {len(baselines.layers)} layer files "
-        f"({', '.join(sorted(baselines.layers)) or 'none'})"
+        f"({', '.join(sorted(x.name for x in baselines.layers.values())) or 'none'})"
     )
 
 
@@ -586,7 +652,7 @@ def baseline_list(as_json: bool) -> None:
     """Every recorded version of every baseline file."""
     from driftd.scan import open_store
 
-    store = open_store(settings())
+    store = open_store(settings(), create=False)
     versions = store.baseline_versions()
     store.close()
     if as_json:
@@ -612,13 +678,27 @@ def baseline_list(as_json: bool) -> None:
     )
 
 
+def _layer_file(root: FsPath, file: str) -> FsPath:
+    """FILE inside the baselines directory, and a layer file: nothing else is
+    read through these commands."""
+    from driftd.baseline import is_layer_file
+    from driftd.scan import DriftdError
+
+    path = root / file
+    inside = path.resolve().is_relative_to(root.resolve())
+    if not inside or (path.exists() and not is_layer_file(path)):
+        raise DriftdError(f"{file}: not a baseline file in {root}")
+
+    return path
+
+
 @baseline.command("show")
 @global_options
 @click.argument("file")
 @click.option(
     "--version",
     "number",
-    type=int,
+    type=VERSION,
     help="An older version (default: the file as it is).",
 )
 def baseline_show(file: str, number: int | None) -> None:
@@ -627,14 +707,14 @@ def baseline_show(file: str, number: int | None) -> None:
 
     current = settings()
     if number is None:
-        path = current.baselines / file
+        path = _layer_file(current.baselines, file)
         if not path.is_file():
             raise DriftdError(f"{path}: no such baseline file")
         click.echo(
             path.read_text(encoding="utf-8", errors="backslashreplace"), nl=False
         )
         return
-    store = open_store(current)
+    store = open_store(current, create=False)
     text = store.baseline_content(file, number)
     store.close()
     if text is None:
@@ -645,8 +725,8 @@ def baseline_show(file: str, number: int | None) -> None:
 @baseline.command("diff")
 @global_options
 @click.argument("file")
-@click.argument("old", type=int)
-@click.argument("new", type=int, required=False)
+@click.argument("old", type=VERSION)
+@click.argument("new", type=VERSION, required=False)
 def baseline_diff(file: str, old: int, new: int | None) -> None:
     """Line differences between two versions of a baseline file (NEW: the file now)."""
     import difflib
@@ -654,14 +734,14 @@ def baseline_diff(file: str, old: int, new: int | None) -> None:
     from driftd.scan import DriftdError, open_store
 
     current = settings()
-    store = open_store(current)
+    store = open_store(current, create=False)
     before = store.baseline_content(file, old)
     after = store.baseline_content(file, new) if new is not None else None
     store.close()
     if before is None:
         raise DriftdError(f"{file}: no version {old} recorded")
     if new is None:
-        path = current.baselines / file
+        path = _layer_file(current.baselines, file)
         after = (
             path.read_text(encoding="utf-8", errors="backslashreplace")
             if path.is_file()
@@ -680,11 +760,9 @@ def baseline_diff(file: str, old: int, new: int | None) -> None:
 
 def run() -> None:
     """Entry point: user mistakes become one clear message and exit status 1."""
-    from driftd.baseline import BaselineError
-    from driftd.config import ConfigError
-    from driftd.paths import PathError
-    from driftd.scan import DriftdError
-    from driftd.snapshot import DumpError
+    import sqlite3
+
+    from driftd.errors import UserError
 
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -699,7 +777,15 @@ def run() -> None:
     except click.exceptions.Abort:
         click.echo("driftd: aborted", err=True)
         sys.exit(1)
-    except (DriftdError, ConfigError, BaselineError, DumpError, PathError) as error:
+    except UserError as error:
         for line in str(error).splitlines():
             click.echo(f"driftd: error: {line}", err=True)
+        sys.exit(1)
+    except sqlite3.OperationalError as error:
+        # Locked past the busy timeout, read-only, disk full: the environment's.
+        click.echo(f"driftd: error: the history database: {error}", err=True)
+        sys.exit(1)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        click.echo(f"driftd: error: {where}{error.strerror or error}", err=True)
         sys.exit(1)

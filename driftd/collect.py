@@ -8,6 +8,8 @@ environment) are left behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import sys
@@ -21,13 +23,14 @@ from typing import Any
 
 import structlog
 
+from driftd.errors import UserError
 from driftd.snapshot import (
     Snapshot,
     normalise_facts,
     normalise_packages,
     normalise_services,
     normalise_value,
-    unwrap,
+    unwrap_probe,
 )
 
 log = structlog.get_logger("driftd.collect")
@@ -38,7 +41,7 @@ LOCALHOST_INVENTORY = (
 )
 
 
-class CollectError(RuntimeError):
+class CollectError(UserError, RuntimeError):
     """Collection could not start (bad inventory, no ansible-playbook, ...)."""
 
 
@@ -83,6 +86,29 @@ def localhost_inventory(directory: FsPath) -> FsPath:
     return path
 
 
+def _ansible_complaints(text: str) -> list[str]:
+    """What Ansible printed while reading an inventory, one line per problem."""
+    lines = (line.strip() for line in text.splitlines())
+    kept = [
+        line.removeprefix("[WARNING]:").removeprefix("[ERROR]:").strip()
+        for line in lines
+        if line and not line.startswith(("<<<", "Origin:"))
+    ]
+    generic = ("Unable to parse", "No inventory was parsed")
+    kept = [line for line in kept if not line.startswith(generic)]
+
+    return list(dict.fromkeys(kept))
+
+
+def _quiet(manager: Any, pattern: str) -> list[Any]:
+    """Hosts matching ``pattern``; Ansible's own warnings are ours to give."""
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        return list(manager.get_hosts(pattern))
+
+
 def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
     """The hosts an inventory source and ``--limit`` pattern select.
 
@@ -97,7 +123,18 @@ def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
     if "," not in inventory and not os.path.exists(inventory):
         raise CollectError(f"{inventory}: inventory source does not exist")
 
-    manager = InventoryManager(loader=DataLoader(), sources=[inventory])
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        manager = InventoryManager(loader=DataLoader(), sources=[inventory])
+    complaints = _ansible_complaints(said.getvalue())
+    if not manager._inventory.processed_sources:  # no public view of this
+        empty = os.path.isdir(inventory) and not os.listdir(inventory)
+        why = "an empty directory" if empty else "no inventory plugin accepted it"
+        why = complaints[0] if complaints else why
+        raise CollectError(f"{inventory}: Ansible cannot parse this inventory: {why}")
+    for complaint in complaints:
+        log.warning("inventory_warning", inventory=inventory, said=complaint)
+
     hosts = manager.get_hosts("all")
     if not hosts:
         raise CollectError(f"{inventory}: the inventory has no hosts")
@@ -105,11 +142,11 @@ def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
     if limit:
         for raw_term in limit.replace(":", ",").split(","):
             term = raw_term.strip().lstrip("&")
-            if term and not term.startswith("!") and not manager.get_hosts(term):
+            if term and not term.startswith("!") and not _quiet(manager, term):
                 raise CollectError(
                     f"--limit {limit}: {term!r} matches no host in {inventory}"
                 )
-        hosts = manager.get_hosts(limit)
+        hosts = _quiet(manager, limit)
         if not hosts:
             raise CollectError(f"--limit {limit}: matches no host in {inventory}")
 
@@ -185,7 +222,9 @@ def _gathered(section: str, results: Mapping[str, Any], snapshot: Snapshot) -> b
     probed = (results.get("probe") or {}).get("driftd") or {}
     if section not in probed or not (probed[section] or section in ("files", "ports")):
         return False
-    snapshot.data[section] = _probe_section(section, unwrap(probed[section]), snapshot)
+    snapshot.data[section] = _probe_section(
+        section, unwrap_probe(probed[section]), snapshot
+    )
 
     return True
 
@@ -232,6 +271,40 @@ def _probe_section(section: str, raw: Any, snapshot: Snapshot) -> Any:
     return normalise_value(raw, (section,), snapshot.unknown)
 
 
+RUN_PREFIX = "driftd-run-"
+INVENTORY_PREFIX = "driftd-inv-"
+
+
+def sweep_temp_dirs() -> list[FsPath]:
+    """Remove run and inventory dirs left in the temp dir by a driftd that was
+    killed (their names carry its pid); they may hold inventory variables."""
+    from driftd.store import pid_alive
+
+    swept = []
+    for prefix in (RUN_PREFIX, INVENTORY_PREFIX):
+        for path in FsPath(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+            pid = path.name.removeprefix(prefix).split("-", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                swept.append(path)
+    if swept:
+        log.info("temp_dirs_swept", count=len(swept))
+
+    return swept
+
+
+def _ansible_said(runner: Any, lines: int = 6) -> str | None:
+    """The end of what ansible-playbook printed, when no host was ever heard of
+    (a broken inventory, a playbook error): the only account of what went wrong."""
+    try:
+        text = runner.stdout.read()
+    except (OSError, AttributeError, ValueError):
+        return None
+    said = [line.strip() for line in str(text).splitlines() if line.strip()]
+
+    return " | ".join(said[-lines:])[-2000:] or None
+
+
 def collect(
     inventory: str,
     targets: Sequence[Target],
@@ -256,7 +329,8 @@ def collect(
         raise CollectError("ansible-playbook is not on PATH (install ansible-core)")
 
     events = _Events()
-    private = FsPath(tempfile.mkdtemp(prefix="driftd-run-"))
+    sweep_temp_dirs()
+    private = FsPath(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
     started = time.monotonic()
     try:
         runner = ansible_runner.run(
@@ -290,6 +364,8 @@ def collect(
             suppress_env_files=True,
         )
         status, rc = runner.status, runner.rc
+        heard = events.ok or events.failed or events.unreachable
+        why = None if heard or status == "canceled" else _ansible_said(runner)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -302,6 +378,9 @@ def collect(
     )
 
     outcomes = {t.name: _outcome(t.name, sections, events) for t in targets}
+    if why:
+        for outcome in outcomes.values():
+            outcome.message = f"ansible-playbook {status} (rc {rc}): {why}"
     if status in ("timeout", "canceled"):
         for outcome in outcomes.values():
             if outcome.status == "ok":

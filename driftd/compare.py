@@ -271,7 +271,9 @@ def compare(
             items.append(item)
 
     for pin in expected.pins:
-        if actual.is_unknown(pin.path):
+        if actual.is_unknown(pin.path) and not (
+            pin.matcher.op == "absent" and actual.surely_absent(pin.path)
+        ):
             unobserved.append(format_path(pin.path))
             continue
         found, value = _lookup(actual.data, pin.path)

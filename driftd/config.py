@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from driftd import yamlfile
 from driftd.baseline import DEFAULT_IGNORE
+from driftd.errors import UserError
 from driftd.paths import PathError, compile_glob
 from driftd.snapshot import SECTIONS
 from driftd.store import default_db_path
@@ -33,7 +35,7 @@ DEFAULT_FILES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file that cannot be used; ``problems`` lists each one."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -115,10 +117,7 @@ assert set(_TYPES) == {f.name for f in fields(Settings)}  # noqa: S101
 
 
 def _lines(text: str) -> dict[str, int]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
+    node = yamlfile.compose(text)
     if not isinstance(node, yaml.MappingNode):
         return {}
 
@@ -184,13 +183,10 @@ def load_file(path: FsPath, base: Settings | None = None) -> Settings:
         raise ConfigError([f"{path}: not UTF-8 text ({error.reason})"]) from error
 
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(
-            [f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}"]
-        ) from error
+        document = yamlfile.load(text)
+    except yamlfile.YamlError as error:
+        where = f"{path}:{error.line}" if error.line else str(path)
+        raise ConfigError([f"{where}: {error.message}"]) from error
 
     if document is None:
         document = {}
@@ -227,10 +223,12 @@ def apply(
         if value is None:
             continue
         if key in ("db", "baselines", "socket"):
-            path = FsPath(value).expanduser()
+            path = FsPath(os.path.expanduser(value))
             if relative_to is not None and not path.is_absolute():
                 path = relative_to / path
             changes[key] = path
+        elif key == "inventory":
+            changes[key] = _inventory_source(str(value), relative_to)
         elif key in ("sections", "files", "ignore"):
             changes[key] = tuple(value)
         elif key == "jitter":
@@ -239,6 +237,20 @@ def apply(
             changes[key] = value
 
     return replace(settings, **changes)
+
+
+def _inventory_source(value: str, relative_to: FsPath | None) -> str:
+    """An inventory that names an existing file or directory, made absolute
+    (Ansible runs elsewhere); anything else (``host1,host2,``) as it is."""
+    path = FsPath(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = (relative_to or FsPath.cwd()) / path
+    try:
+        exists = path.exists()
+    except OSError:
+        exists = False
+
+    return str(path) if exists else value
 
 
 def load(config: str | None) -> Settings:

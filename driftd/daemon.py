@@ -34,7 +34,8 @@ import structlog
 from driftd import config
 from driftd.baseline import BaselineSet, is_layer_file
 from driftd.collect import Target
-from driftd.config import ConfigError, Settings
+from driftd.config import Settings
+from driftd.errors import UserError
 from driftd.scan import (
     DriftdError,
     ScanReport,
@@ -214,7 +215,10 @@ def ask(path: FsPath, request: Mapping[str, Any], timeout: float | None) -> Any:
     except OSError as error:
         raise DriftdError(f"{path}: cannot talk to the daemon: {error}") from error
 
-    return json.loads(data) if data else None
+    if not data.endswith(b"\n"):
+        raise DriftdError(f"{path}: the daemon closed the connection without an answer")
+
+    return json.loads(data)
 
 
 # --- the daemon ---------------------------------------------------------------------
@@ -248,7 +252,13 @@ class Daemon:
         if self.config_path:
             yield FsPath(self.config_path)
         root = self.settings.baselines
-        yield from (p for p in root.rglob("*") if is_layer_file(p))
+        try:
+            found = [p for p in root.rglob("*") if is_layer_file(p)]
+        except OSError as error:
+            # Unreadable for now: the fingerprint changes, the reload says why.
+            log.warning("baselines_unlistable", problem=str(error))
+            found = [root]
+        yield from found
 
     def load(self) -> None:
         """Everything from scratch: used at start, where any error is fatal."""
@@ -274,7 +284,7 @@ class Daemon:
         try:
             settings = self.load_settings()
             baselines = BaselineSet.load(settings.baselines)
-        except (ConfigError, DriftdError, ValueError) as error:
+        except (UserError, ValueError, OSError) as error:
             for problem in str(error).splitlines():
                 log.error("reload_failed", reason=why, problem=problem)  # noqa: TRY400
         else:
@@ -348,13 +358,16 @@ class Daemon:
                 limit=job.limit,
                 trigger=job.trigger,
                 cancelled=self.stopping.is_set,
-                baselines=baselines,
+                baselines=lambda: self.current_baselines(baselines),
             )
             answer = {"report": report.to_dict()}
             self.remember(report, by_name)
         except DriftdError as error:
             log.error("scan_failed", trigger=job.trigger, problem=str(error))  # noqa: TRY400 (a user-facing error, no traceback)
             answer = {"error": str(error)}
+        except Exception as error:  # the worker must outlive any scan
+            log.exception("scan_crashed", trigger=job.trigger)
+            answer = {"error": f"the scan failed: {type(error).__name__}: {error}"}
         finally:
             self.state["current"] = None
             for host in job.hosts:
@@ -362,6 +375,15 @@ class Daemon:
                     self.due[host] = self.next_due(by_name[host])
         if job.reply is not None:
             job.reply.put(answer)
+
+    def current_baselines(self, loaded: BaselineSet) -> BaselineSet:
+        """The loaded baselines, unless their files changed since (an accept that
+        ran just before this scan, ahead of the watcher): then the files, if
+        they parse. The main loop's reload stays the one that logs and notifies."""
+        try:
+            return loaded.fresh()
+        except (UserError, ValueError, OSError):
+            return loaded
 
     def remember(self, report: ScanReport, by_name: Mapping[str, Target]) -> None:
         """What status shows: each group's last scan and what it found."""
@@ -440,13 +462,13 @@ class Daemon:
         return server
 
     def run(self) -> None:
+        self.install_signals()  # a stop asked for during start-up is kept
         self.load()
         store = open_store(self.settings)  # marks scans a crash left running
         store.close()
         server = self.serve()
         watcher = Watcher([self.settings.baselines, *self.config_dirs()])
         watcher.start()
-        self.install_signals()
         threads = [
             threading.Thread(target=server.serve_forever, name="socket", daemon=True),
             threading.Thread(target=self.work, name="worker", daemon=True),
@@ -465,11 +487,22 @@ class Daemon:
             log.info("daemon_stopping")
             self.notifier.send("STOPPING=1")
             threads[1].join(timeout=STOP_BOUND)
+            self.refuse_waiting()
             server.shutdown()
             server.server_close()
             self.settings.socket.unlink(missing_ok=True)
             watcher.stop()
             log.info("daemon_stopped", scan_cut_off=threads[1].is_alive())
+
+    def refuse_waiting(self) -> None:
+        """Requests still queued when the daemon stops get an answer, not silence."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job.reply is not None:
+                job.reply.put({"error": "the daemon stopped before running this scan"})
 
     def config_dirs(self) -> list[FsPath]:
         return [FsPath(self.config_path).resolve().parent] if self.config_path else []

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from driftd.errors import UserError
+
 Segment = str | int
 Path = tuple[Segment, ...]
 
@@ -24,7 +26,7 @@ _BARE_GLOB = re.compile(r"[A-Za-z0-9_*?][A-Za-z0-9_*?-]*")
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
-class PathError(ValueError):
+class PathError(UserError, ValueError):
     """A path or glob that does not follow driftd's syntax."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import os
 import subprocess
@@ -32,6 +33,7 @@ from driftd.baseline import (
     write_atomic,
 )
 from driftd.collect import (
+    INVENTORY_PREFIX,
     CollectError,
     HostOutcome,
     Target,
@@ -41,6 +43,7 @@ from driftd.collect import (
 )
 from driftd.compare import Comparison, DriftItem, compare, prune
 from driftd.config import Settings
+from driftd.errors import UserError
 from driftd.paths import GlobSet, Path, compile_glob, format_path, parse_path
 from driftd.snapshot import Snapshot, load_dump_text
 from driftd.store import HostRecord, Store
@@ -53,7 +56,7 @@ EXIT_DRIFT = 2
 EXIT_UNCHECKED = 3
 
 
-class DriftdError(RuntimeError):
+class DriftdError(UserError, RuntimeError):
     """A failure to report to the user as it is, without a traceback."""
 
 
@@ -123,7 +126,8 @@ def inventory_source(settings: Settings) -> Iterator[str]:
         yield settings.inventory
         return
 
-    with tempfile.TemporaryDirectory(prefix="driftd-inv-") as directory:
+    prefix = f"{INVENTORY_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
         yield str(localhost_inventory(FsPath(directory)))
 
 
@@ -169,18 +173,18 @@ def run_collect(
         raise DriftdError(str(error)) from error
 
 
-def open_store(settings: Settings, *, sweep: bool = True) -> Store:
+def open_store(settings: Settings, *, sweep: bool = True, create: bool = True) -> Store:
     from driftd.store import StoreError
 
     try:
-        return Store.open(settings.db, sweep=sweep)
+        return Store.open(settings.db, sweep=sweep, create=create)
     except StoreError as error:
         raise DriftdError(str(error)) from error
 
 
 @contextlib.contextmanager
 def scan_lock(settings: Settings) -> Iterator[None]:
-    """Only one scan writes to a database at a time; a second one waits."""
+    """One writer of drift at a time (scans, accepts); the next one waits."""
     path = settings.db.with_name(settings.db.name + ".scan.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -265,25 +269,35 @@ def run_scan(
     limit: str | None = None,
     trigger: str = "cli",
     cancelled: Callable[[], bool] = lambda: False,
-    baselines: BaselineSet | None = None,
+    baselines: Callable[[], BaselineSet] | None = None,
 ) -> ScanReport:
     """Collect, compare and record one scan; each host is kept as it is judged.
 
-    ``baselines`` already loaded (the daemon keeps them) are used as they are;
-    otherwise they are read now. Cancelling (``cancelled`` turning true)
-    stops Ansible, keeps the hosts already answered and marks the scan
-    ``interrupted``.
+    Baselines come from ``baselines`` (the daemon keeps them loaded) or are
+    read from disk, in either case once this scan holds the scan lock, so an
+    accept that finished while it waited is in force. Cancelling
+    (``cancelled`` turning true) stops Ansible, keeps the hosts already
+    answered and marks the scan ``interrupted``.
     """
-    baselines = baselines or load_baselines(settings)
-    store = open_store(settings)
-    try:
-        with inventory_source(settings) as inventory:
-            targets = targets_for(inventory, limit)
+    if baselines is None:
+        loaded = load_baselines(settings)  # broken files stop us before the db
+        baselines = functools.partial(_fresh, loaded)
+    with inventory_source(settings) as inventory:
+        targets = targets_for(inventory, limit)  # a bad inventory: no db either
+        store = open_store(settings)
+        try:
             with scan_lock(settings):
-                job = _Job(settings, store, baselines, cancelled)
+                job = _Job(settings, store, baselines(), cancelled)
                 return job.run(inventory, targets, limit or "all", trigger)
-    finally:
-        store.close()
+        finally:
+            store.close()
+
+
+def _fresh(baselines: BaselineSet) -> BaselineSet:
+    try:
+        return baselines.fresh()
+    except BaselineError as error:
+        raise DriftdError(str(error)) from error
 
 
 @dataclass
@@ -299,17 +313,13 @@ class _Job:
         scan_id = self.store.begin_scan(trigger, target)
         with structlog.contextvars.bound_contextvars(scan_id=scan_id):
             log.info("scan_started", hosts=len(targets), trigger=trigger)
-            files = files_to_stat(self.settings, self.baselines)
-            outcomes = run_collect(
-                self.settings, inventory, targets, files, self.cancelled
-            )
-            reports = []
-            for host in targets:
-                outcome = outcomes[host.name]
-                if self.cancelled() and outcome.snapshot is None:
-                    continue  # cut off before it answered: nothing to record
-                with structlog.contextvars.bound_contextvars(host=host.name):
-                    reports.append(self.judge(scan_id, host, outcome))
+            try:
+                reports = self.collect_and_judge(scan_id, inventory, targets)
+            except BaseException:
+                # Hosts already judged stay recorded; the scan says it stopped.
+                with contextlib.suppress(Exception):
+                    self.store.finish_scan(scan_id, "interrupted")
+                raise
 
             status = "interrupted" if self.cancelled() else "complete"
             self.store.finish_scan(scan_id, status)
@@ -317,6 +327,21 @@ class _Job:
             log.info("scan_finished", status=status, drifted=drifted)
 
         return ScanReport(scan_id, status, reports)
+
+    def collect_and_judge(
+        self, scan_id: int, inventory: str, targets: Sequence[Target]
+    ) -> list[HostReport]:
+        files = files_to_stat(self.settings, self.baselines)
+        outcomes = run_collect(self.settings, inventory, targets, files, self.cancelled)
+        reports = []
+        for host in targets:
+            outcome = outcomes[host.name]
+            if self.cancelled() and outcome.snapshot is None:
+                continue  # cut off before it answered: nothing to record
+            with structlog.contextvars.bound_contextvars(host=host.name):
+                reports.append(self.judge(scan_id, host, outcome))
+
+        return reports
 
     def judge(self, scan_id: int, host: Target, outcome: HostOutcome) -> HostReport:
         """Compare one host with its baseline and record it, in one transaction."""
@@ -327,6 +352,7 @@ class _Job:
         layers = expected.layers if expected else []
         rules = expected.ignore if expected else ignore
         snapshot = pruned(outcome.snapshot, rules) if outcome.snapshot else None
+        ignoring = GlobSet.of(rules)
         record = HostRecord(
             host=host.name,
             status=status,
@@ -337,6 +363,7 @@ class _Job:
             message=message,
             is_unknown=snapshot.is_unknown if snapshot else None,
             hidden=comparison.hidden if comparison else None,
+            is_ignored=lambda path: ignoring.first_match(path) is not None,
         )
         change = self.store.record_host(scan_id, record)
         log.info(
@@ -471,8 +498,10 @@ def capture(
             for target in targets:
                 snapshot = snapshots.get(target.name)
                 if snapshot is None:
+                    if from_history:
+                        results.append((target.name, "", "no snapshot in history"))
                     continue
-                name = host_file_name(target.name)
+                name = baselines.file_of(host_file_name(target.name))
                 path = settings.baselines / name
                 document = load_document(path)
                 expected = baselines.expected(
@@ -540,6 +569,17 @@ def accept(
     if path_glob:
         compile_glob(path_glob)
 
+    with scan_lock(settings):
+        return _accept(settings, host, reason, path_glob, who)
+
+
+def _accept(
+    settings: Settings,
+    host: str,
+    reason: str,
+    path_glob: str | None,
+    who: str | None,
+) -> list[dict[str, Any]]:
     baselines = load_baselines(settings)
     store = open_store(settings)
     try:
@@ -548,7 +588,7 @@ def accept(
             where = f" at {path_glob}" if path_glob else ""
             raise DriftdError(f"{host}: no open drift{where} to accept")
 
-        name = host_file_name(host)
+        name = baselines.file_of(host_file_name(host))
         path = settings.baselines / name
         document = load_document(path)
         snapshot = document.get("snapshot") or {}

@@ -13,13 +13,15 @@ paths, so that they are neither drift nor proof that drift went away.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from driftd.errors import UserError
 from driftd.paths import Path, format_path, parse_path
 
 SECTIONS = ("facts", "packages", "services", "files", "users", "groups", "ports")
@@ -100,6 +102,17 @@ class Snapshot:
 
         return any(path[: len(u)] == u for u in self.unknown)
 
+    def surely_absent(self, path: Path) -> bool:
+        """Whether a missing top-level fact at ``path`` may count as absent: its
+        section was collected and nothing marks that part unknown. For pins
+        that ask for absence, which a missing fact is the only way to show."""
+        return (
+            bool(path)
+            and path[0] in self.data
+            and not any(path[: len(u)] == u for u in self.unknown)
+            and _lookup_missing(self.data, path)
+        )
+
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
@@ -119,7 +132,7 @@ class Snapshot:
         return cls(document["data"], {parse_path(p) for p in document["unknown"]})
 
 
-class DumpError(ValueError):
+class DumpError(UserError, ValueError):
     """Input that is not a fact dump driftd can read."""
 
 
@@ -146,6 +159,17 @@ def _sort_key(value: Any) -> tuple[str, str]:
     return type(value).__name__, json.dumps(value, sort_keys=True, ensure_ascii=True)
 
 
+def _lookup_missing(tree: Any, path: Path) -> bool:
+    for key in path:
+        if not isinstance(tree, dict):
+            return False
+        if key not in tree:
+            return True
+        tree = tree[key]
+
+    return False
+
+
 def _identity_key(records: list[Any]) -> str | None:
     if not records or not all(isinstance(r, dict) for r in records):
         return None
@@ -160,27 +184,44 @@ def _identity_key(records: list[Any]) -> str | None:
     return None
 
 
-def _text(value: str) -> str:
-    if value.startswith(BYTES_MARK):
-        raw = base64.b64decode(value[len(BYTES_MARK) :])
-        return raw.decode("utf-8", "surrogateescape")
-
+def _same(value: str) -> str:
     return value
 
 
-def unwrap(value: Any) -> Any:
-    """Undo transport wrappers at any depth: Ansible's ``__ansible_unsafe``, and
-    the probe's base64 for text that is not UTF-8 (back to surrogate escapes)."""
+def _probe_text(value: str) -> str:
+    """The probe's base64 for text that is not UTF-8, back to surrogate escapes.
+
+    A mark that is not well-formed base64 is left as it came.
+    """
+    if not value.startswith(BYTES_MARK):
+        return value
+    try:
+        raw = base64.b64decode(value[len(BYTES_MARK) :], validate=True)
+    except binascii.Error:
+        return value
+
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def unwrap(value: Any, text: Callable[[str], str] = _same) -> Any:
+    """Undo Ansible's ``__ansible_unsafe`` wrappers at any depth, and apply
+    ``text`` to every string, keys included."""
     if isinstance(value, dict):
         if set(value) == {"__ansible_unsafe"}:
-            return unwrap(value["__ansible_unsafe"])
-        return {_text(str(key)): unwrap(item) for key, item in value.items()}
+            return unwrap(value["__ansible_unsafe"], text)
+        return {text(str(key)): unwrap(item, text) for key, item in value.items()}
     if isinstance(value, list):
-        return [unwrap(item) for item in value]
+        return [unwrap(item, text) for item in value]
     if isinstance(value, str):
-        return _text(value)
+        return text(value)
 
     return value
+
+
+def unwrap_probe(value: Any) -> Any:
+    """Probe output as it was on the host: see ``_probe_text``. Only the probe
+    marks text, so only its output is decoded; fact dumps are taken as written."""
+    return unwrap(value, _probe_text)
 
 
 def normalise_value(value: Any, path: Path, unknown: set[Path]) -> Any:
@@ -211,6 +252,9 @@ def normalise_value(value: Any, path: Path, unknown: set[Path]) -> Any:
 
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN never equals itself and JSON has no spelling for either: as text.
+        return str(value)
 
     return value
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -23,17 +24,18 @@ from typing import Any
 import sqlite_utils
 
 from driftd.compare import DriftItem
+from driftd.errors import UserError
 from driftd.paths import Path, compile_glob, parse_path
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 30.0
 
 OPEN = "open"
-CLOSE_REASONS = ("resolved", "accepted", "remediated")
+CLOSE_REASONS = ("resolved", "ignored", "accepted", "remediated")
 CHECKED = ("ok", "partial")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The database cannot be used as it is."""
 
 
@@ -155,6 +157,7 @@ class HostRecord:
     message: str | None = None
     is_unknown: Callable[[Path], bool] | None = None
     hidden: Mapping[str, int] | None = None
+    is_ignored: Callable[[Path], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ class HostChange:
     open_items: int
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user)."""
     if not pid:
         return False
     try:
@@ -185,8 +189,10 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: FsPath, *, sweep: bool = True) -> Store:
-        """Open (creating if needed) and migrate; StoreError if it is unusable."""
+    def open(cls, path: FsPath, *, sweep: bool = True, create: bool = True) -> Store:
+        """Open (creating it if ``create``) and migrate; StoreError if unusable."""
+        if not create and not path.exists():
+            raise StoreError(f"{path}: no history here yet (no scan has written it)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(
@@ -261,7 +267,7 @@ class Store:
         running = list(
             self.db.query("SELECT id, pid FROM scans WHERE status = 'running'")
         )
-        dead = [row["id"] for row in running if not _pid_alive(row["pid"])]
+        dead = [row["id"] for row in running if not pid_alive(row["pid"])]
         if dead:
             marks = ",".join("?" * len(dead))
             with self.transaction():
@@ -488,12 +494,17 @@ class Store:
         for path, row in current.items():
             if path in seen:
                 continue
-            if record.is_unknown is not None and record.is_unknown(parse_path(path)):
+            where = parse_path(path)
+            # Hidden by an ignore rule added since: not compared, so not resolved
+            # (and no longer kept, so it would look unknown).
+            ignored = record.is_ignored is not None and record.is_ignored(where)
+            unknown = record.is_unknown is not None and record.is_unknown(where)
+            if unknown and not ignored:
                 continue
             self.db.execute(
-                "UPDATE episodes SET closed_at = ?, closed_scan = ?, close_reason = "
-                "'resolved' WHERE id = ?",
-                [stamp, scan_id, row["id"]],
+                "UPDATE episodes SET closed_at = ?, closed_scan = ?, close_reason = ? "
+                "WHERE id = ?",
+                [stamp, scan_id, "ignored" if ignored else "resolved", row["id"]],
             )
             closed += 1
 
@@ -550,11 +561,14 @@ class Store:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.db.query(
             f"SELECT * FROM episodes {where} "  # noqa: S608
-            "ORDER BY coalesce(closed_at, last_seen) DESC, id DESC LIMIT ?",
-            [*args, limit],
+            "ORDER BY coalesce(closed_at, last_seen) DESC, id DESC "
+            + ("" if path_glob else "LIMIT ?"),
+            args if path_glob else [*args, limit],
         )
+        # A path glob is not SQL: the limit counts the episodes it lets through.
+        kept = itertools.islice(_filter_paths(rows, path_glob), limit)
 
-        return [_episode(r) for r in _filter_paths(rows, path_glob)]
+        return [_episode(r) for r in kept]
 
     def scan(self, scan_id: int) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM scans WHERE id = ?", [scan_id]))

@@ -303,8 +303,8 @@ def test_the_daemon_scans_the_ssh_fleet_on_schedule(
             "--baselines",
             str(baselines),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(tmp_path / "daemon.log").open("w"),
+        stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -313,12 +313,15 @@ def test_the_daemon_scans_the_ssh_fleet_on_schedule(
         def web_scanned_twice() -> bool:
             if not driftd.db.exists():
                 return False
-            with sqlite3.connect(driftd.db) as connection:
-                rows = connection.execute(
-                    "SELECT count(*) FROM host_results "
-                    "WHERE host = ? AND status = 'ok'",
-                    [web],
-                ).fetchone()
+            try:
+                with sqlite3.connect(driftd.db) as connection:
+                    rows = connection.execute(
+                        "SELECT count(*) FROM host_results "
+                        "WHERE host = ? AND status = 'ok'",
+                        [web],
+                    ).fetchone()
+            except sqlite3.OperationalError:
+                return False  # the daemon has created the file, not yet the tables
             return bool(rows[0] >= 2)
 
         wait_for(web_scanned_twice, 120, "the web group scanned twice")
@@ -326,7 +329,8 @@ def test_the_daemon_scans_the_ssh_fleet_on_schedule(
         assert status["groups"]["web"]["hosts"] == {web: {"status": "ok", "drift": 0}}
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        code = process.wait(timeout=60)
+        assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
 
 
 def test_systemd_accepts_the_unit_file(tmp_path: Path) -> None:

@@ -126,7 +126,9 @@ def test_a_hostname_with_path_separators_stays_inside_baselines(tmp_path: Path) 
 def test_a_newer_database_is_a_clear_error(driftd: Driftd) -> None:
     import sqlite3
 
-    driftd("drift", check=0)
+    from driftd.store import Store
+
+    Store.open(driftd.db).close()
     connection = sqlite3.connect(driftd.db)
     connection.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     connection.commit()
@@ -135,3 +137,11 @@ def test_a_newer_database_is_a_clear_error(driftd: Driftd) -> None:
     result = driftd("drift", check=1)
 
     assert "newer driftd" in result.err
+
+
+def test_reading_commands_never_create_a_database(driftd: Driftd) -> None:
+    for command in (["drift"], ["history"], ["show", "1"], ["baseline", "list"]):
+        result = driftd(*command, check=1)
+
+        assert "no history here yet" in result.err, command
+        assert not driftd.db.exists(), command

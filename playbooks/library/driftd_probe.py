@@ -217,13 +217,20 @@ BYTES_MARK = "__driftd_bytes__"
 
 
 def _transportable(text):
-    """Text that Ansible will carry: not-UTF-8 bytes travel as base64, marked."""
+    """Text that Ansible will carry: not-UTF-8 bytes travel as base64, marked.
+
+    Text that happens to start with the mark travels marked too, so that
+    every marked string on the other side is one of ours.
+    """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogateescape")
-        return BYTES_MARK + ":" + base64.b64encode(raw).decode("ascii")
-    return text
+        pass
+    else:
+        if not text.startswith(BYTES_MARK):
+            return text
+    raw = text.encode("utf-8", "surrogateescape")
+    return BYTES_MARK + ":" + base64.b64encode(raw).decode("ascii")
 
 
 def transportable(value):
