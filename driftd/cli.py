@@ -103,6 +103,15 @@ def global_options(function: F) -> F:
 VERSION = click.IntRange(min=1, max=2**62)
 ID = click.IntRange(min=1, max=2**62)
 
+
+def _given(_ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A filter typed as an empty string filters nothing: say so, not list all."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", param=param)
+
+    return value
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for programs."
 )
@@ -197,7 +206,11 @@ def main() -> None:
 @main.command(epilog=EXIT_HELP)
 @global_options
 @click.option(
-    "--limit", "-l", metavar="PATTERN", help="Only hosts matching this Ansible pattern."
+    "--limit",
+    "-l",
+    metavar="PATTERN",
+    callback=_given,
+    help="Only hosts matching this Ansible pattern.",
 )
 @click.option(
     "--no-daemon", is_flag=True, help="Scan in this process even if a daemon runs."
@@ -359,9 +372,13 @@ def status(as_json: bool) -> None:
 
 @main.command()
 @global_options
-@click.option("--host", metavar="HOST", help="Only this host.")
+@click.option("--host", metavar="HOST", callback=_given, help="Only this host.")
 @click.option(
-    "--path", "path_glob", metavar="GLOB", help="Only paths this glob covers."
+    "--path",
+    "path_glob",
+    metavar="GLOB",
+    callback=_given,
+    help="Only paths this glob covers.",
 )
 @json_option
 def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
@@ -431,10 +448,14 @@ def _when(text: str) -> str:
 
 @main.command()
 @global_options
-@click.option("--host", metavar="HOST", help="Only this host.")
+@click.option("--host", metavar="HOST", callback=_given, help="Only this host.")
 @click.option("--since", metavar="WHEN", help="Since 7d, 12h, 30m ago or an ISO date.")
 @click.option(
-    "--path", "path_glob", metavar="GLOB", help="Only paths this glob covers."
+    "--path",
+    "path_glob",
+    metavar="GLOB",
+    callback=_given,
+    help="Only paths this glob covers.",
 )
 @click.option(
     "--last",
@@ -628,7 +649,11 @@ def baseline_capture(hosts: tuple[str, ...], from_history: bool) -> None:
 @global_options
 @click.argument("host")
 @click.option(
-    "--path", "path_glob", metavar="GLOB", help="Only drift at paths this glob covers."
+    "--path",
+    "path_glob",
+    metavar="GLOB",
+    callback=_given,
+    help="Only drift at paths this glob covers.",
 )
 @click.option(
     "--reason",

@@ -417,6 +417,11 @@ def _facts_from_document(document: Any, name: str) -> tuple[Tree | None, Any, An
 
     facts: dict[str, Any]
     nested = document.get("ansible_facts")
+    if nested is not None and not isinstance(nested, Mapping):
+        kind = type(nested).__name__
+        raise DumpError(
+            f"{name}: ansible_facts: must be an object of facts, not {kind}"
+        )
     if isinstance(nested, Mapping) or MAGIC_VARS & document.keys():
         # A module result or a hostvars dump: facts, beside inventory variables.
         facts = dict(nested) if isinstance(nested, Mapping) else {}
@@ -453,6 +458,13 @@ def snapshot_from_facts(
 
 def load_dump_text(text: str, name: str) -> Snapshot:
     """Read one fact dump in any shape Ansible writes; raise DumpError if not one."""
+    try:
+        return _load_dump_text(text, name)
+    except RecursionError:
+        raise DumpError(f"{name}: nested too deeply to be a fact dump") from None
+
+
+def _load_dump_text(text: str, name: str) -> Snapshot:
     if not text.strip():
         raise DumpError(f"{name}: empty file")
 

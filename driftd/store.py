@@ -236,7 +236,15 @@ class Store:
             self.db.query("SELECT value FROM meta WHERE key = 'schema_version'")
         )
 
-        return int(rows[0]["value"]) if rows else 0
+        if not rows:
+            return 0
+        try:
+            return int(rows[0]["value"])
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{self.path}: meta.schema_version is {rows[0]['value']!r}, not a "
+                "number: not a database driftd wrote"
+            ) from None
 
     def _migrate(self) -> None:
         current = self._version()

@@ -145,3 +145,46 @@ def test_reading_commands_never_create_a_database(driftd: Driftd) -> None:
 
         assert "no history here yet" in result.err, command
         assert not driftd.db.exists(), command
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"ansible_facts": ' + "[" * 50000 + "]" * 50000 + "}", "nested too deeply"),
+        ('{"ansible_facts": ["eth0"]}', "ansible_facts: must be an object of facts"),
+    ],
+    ids=["deep", "facts-list"],
+)
+def test_odd_dumps_are_named_errors(
+    driftd: Driftd, tmp_path: Path, text: str, message: str
+) -> None:
+    dump = tmp_path / "odd.json"
+    dump.write_text(text)
+
+    result = driftd("diff", str(dump), str(dump), check=1)
+
+    assert f"{dump}: {message}" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_a_schema_version_that_is_not_a_number_is_named(driftd: Driftd) -> None:
+    import sqlite3
+
+    from driftd.store import Store
+
+    Store.open(driftd.db).close()
+    with sqlite3.connect(driftd.db) as connection:
+        connection.execute("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+
+    result = driftd("drift", check=1)
+
+    assert "schema_version is 'abc'" in result.err
+
+
+def test_an_empty_filter_is_refused_not_ignored(driftd: Driftd) -> None:
+    from driftd.store import Store
+
+    Store.open(driftd.db).close()
+    for command in (["drift", "--host", ""], ["history", "--path", " "]):
+        result = driftd(*command, check=1)
+        assert "must not be empty" in result.err, command
