@@ -126,7 +126,8 @@ def compare_versions(left: str, right: str) -> int:
     def split(text: str) -> tuple[int, str, str]:
         epoch, _, rest = text.rpartition(":") if ":" in text else ("0", "", text)
         upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
-        return (int(epoch) if epoch.isdigit() else 0), upstream, revision
+        number = epoch.isascii() and epoch.isdigit()
+        return (int(epoch) if number else 0), upstream, revision
 
     le, lu, lr = split(left)
     re_, ru, rr = split(right)
@@ -235,6 +236,8 @@ def parse_matcher(value: Any) -> Matcher:
         parse_version_range(arg)
     if op == "equals":
         arg = normalise_value(arg, (), set())
+    if op == "one_of":
+        arg = [normalise_value(choice, (), set()) for choice in arg]
 
     return Matcher(op, arg)
 
@@ -383,13 +386,27 @@ def _read_expect(layer: Layer, value: Any, problems: list[str]) -> None:
             _problem(layer.name, layer.text, ["expect"], "must map paths to values")
         )
         return
+    written: dict[Path, str] = {}
     for key, wanted in value.items():
         try:
-            layer.pins[pin_path(str(key))] = parse_matcher(wanted)
+            path = pin_path(str(key))
+            matcher = parse_matcher(wanted)
         except (PathError, ValueError) as error:
             problems.append(
                 _problem(layer.name, layer.text, ["expect", key], str(error))
             )
+            continue
+        if path in written:
+            problems.append(
+                _problem(
+                    layer.name,
+                    layer.text,
+                    ["expect", key],
+                    f"the same path as {written[path]!r}",
+                )
+            )
+        written[path] = str(key)
+        layer.pins[path] = matcher
 
 
 def _read_snapshot(layer: Layer, value: Any, problems: list[str]) -> None:

@@ -41,6 +41,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     name = param.name
     if value is None or name is None:
         return value
+    if isinstance(value, str) and not value.strip():
+        raise click.BadParameter("must not be empty", param=param)
 
     typed = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     if typed:
@@ -144,19 +146,22 @@ def _setup_logging() -> None:
 # --- printing -----------------------------------------------------------------------
 
 
-def _show(value: Any, width: int = 60) -> str:
+def _show(value: Any, width: int = 60, *, typed: bool = False) -> str:
+    """A value in a table cell: JSON, but plain text unquoted unless its type
+    is the news (``typed``, for type_changed items) or it would not be seen."""
     if value is None:
         return "-"
-    text = (
-        value
-        if isinstance(value, str)
-        else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    )
+    plain = isinstance(value, str) and not typed and value.strip() == value != ""
+    text = value if plain else json.dumps(value, sort_keys=True, ensure_ascii=False)
     text = text.replace("\n", "\\n")
     # Bytes that were not UTF-8 (carried as surrogate escapes) show as \xNN.
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
@@ -181,7 +186,13 @@ def _print_json(document: Any) -> None:
 def _print_items(host: str, items: Iterable[Any]) -> None:
     _table(
         [
-            (host, i.path_text, i.kind, _show(i.expected), _show(i.actual))
+            (
+                host,
+                i.path_text,
+                i.kind,
+                _show(i.expected, typed=i.kind == "type_changed"),
+                _show(i.actual, typed=i.kind == "type_changed"),
+            )
             for i in items
         ],
         ("host", "path", "kind", "expected", "actual"),
@@ -232,9 +243,8 @@ def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
     if report is None:
         with _signals_cancel() as stopped:
             report = run_scan(current, limit=limit, cancelled=stopped.is_set).to_dict()
-        if stopped.is_set():
-            report["exit_code"] = 1
-            click.echo(f"driftd: scan {report['scan_id']} interrupted", err=True)
+    if report["status"] == "interrupted":
+        click.echo(f"driftd: scan {report['scan_id']} interrupted", err=True)
     if as_json:
         _print_json(report)
         sys.exit(report["exit_code"])
@@ -263,8 +273,8 @@ def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
                     h["host"],
                     i["path"],
                     i["kind"],
-                    _show(i["expected"]),
-                    _show(i["actual"]),
+                    _show(i["expected"], typed=i["kind"] == "type_changed"),
+                    _show(i["actual"], typed=i["kind"] == "type_changed"),
                 )
                 for h in drifted
                 for i in h["items"]
@@ -272,7 +282,7 @@ def scan(limit: str | None, no_daemon: bool, as_json: bool) -> None:
             ("host", "path", "kind", "expected", "actual"),
         )
     click.echo(
-        f"\nscan {report['scan_id']} {report['status']}: {len(hosts)} hosts, "
+        f"\nscan {report['scan_id']} {report['status']}: {_count(len(hosts), 'host')}, "
         f"{len(drifted)} with drift"
     )
     sys.exit(report["exit_code"])
@@ -301,7 +311,7 @@ def _signals_cancel() -> Iterator[threading.Event]:
 @global_options
 @click.option(
     "--interval",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=366 * 86400),
     metavar="SECONDS",
     help="Scan every host this often, whatever the config says.",
 )
@@ -330,9 +340,15 @@ def status(as_json: bool) -> None:
 
     Exit status: 0 the daemon runs, 3 it does not, 1 error.
     """
+    from driftd.config import ConfigError, Settings, apply
     from driftd.daemon import daemon_status
 
-    current = settings()
+    try:
+        current = settings()
+    except ConfigError as error:
+        # Status matters most while the config is being mended: ask anyway.
+        click.echo(f"driftd: warning: {error}; asking the default socket", err=True)
+        current = apply(Settings(), {})
     state = daemon_status(current) or {"running": False, "socket": str(current.socket)}
     if as_json:
         _print_json(state)
@@ -352,6 +368,13 @@ def status(as_json: bool) -> None:
         click.echo("now: idle")
     if state.get("last"):
         click.echo(f"last: {state['last']['summary']} at {state['last']['at']}")
+    failed = state.get("reload_failed")
+    if failed:
+        click.echo(
+            f"reload failed at {failed['at']}: the previous version stays in force"
+        )
+        for problem in failed["problems"]:
+            click.echo(f"  {problem}")
     rows = []
     for group, entry in sorted(state.get("groups", {}).items()):
         results = entry["hosts"].values()
@@ -400,8 +423,8 @@ def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
                 e["host"],
                 e["path"],
                 e["kind"],
-                _show(e["expected"], 40),
-                _show(e["actual"], 40),
+                _show(e["expected"], 40, typed=e["kind"] == "type_changed"),
+                _show(e["actual"], 40, typed=e["kind"] == "type_changed"),
                 e["first_seen"][:19],
                 e["seen_count"],
             )
@@ -549,8 +572,8 @@ def show(scan_id: int, explain: bool, as_json: bool) -> None:
                     e["path"],
                     e["kind"],
                     e["state"],
-                    _show(e["expected"], 40),
-                    _show(e["actual"], 40),
+                    _show(e["expected"], 40, typed=e["kind"] == "type_changed"),
+                    _show(e["actual"], 40, typed=e["kind"] == "type_changed"),
                 )
                 for e in scan_row["episodes"]
             ],
@@ -637,6 +660,8 @@ def baseline_capture(hosts: tuple[str, ...], from_history: bool) -> None:
     """Write each HOST's current snapshot as its baseline (baselines/hosts/HOST.yml)."""
     from driftd.scan import capture
 
+    if not all(host.strip() for host in hosts):
+        raise click.BadParameter("a host name must not be empty", param_hint="HOSTS")
     _setup_logging()
     results = capture(settings(), hosts, from_history=from_history)
     for host, path, outcome in results:
@@ -664,10 +689,21 @@ def baseline_accept(host: str, path_glob: str | None, reason: str) -> None:
     """Turn HOST's open drift into a new baseline version; close it as accepted."""
     from driftd.scan import accept
 
+    if not host.strip():
+        raise click.BadParameter("must not be empty", param_hint="HOST")
     _setup_logging()
     episodes = accept(settings(), host, reason=reason, path_glob=path_glob)
     for episode in episodes:
         click.echo(f"accepted {host} {episode['path']} ({episode['kind']})")
+
+
+def _short_commit(commit: str | None) -> str:
+    """``d4b95b5d02e7`` or ``d4b95b5d02e7+dirty`` (content beyond that commit)."""
+    if not commit:
+        return "-"
+    head, plus, rest = commit.partition("+")
+
+    return head[:12] + plus + rest
 
 
 @baseline.command("list")
@@ -693,7 +729,7 @@ def baseline_list(as_json: bool) -> None:
                 v["version"],
                 v["hash"][:12],
                 v["created_at"][:19],
-                (v["git_commit"] or "-")[:12],
+                _short_commit(v["git_commit"]),
                 v["author"] or "-",
                 _show(v["reason"], 40),
             )

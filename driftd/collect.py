@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -100,16 +101,22 @@ def _ansible_complaints(text: str) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def _quiet(manager: Any, pattern: str) -> list[Any]:
-    """Hosts matching ``pattern``; Ansible's own warnings are ours to give."""
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):
-        return list(manager.get_hosts(pattern))
+def _quiet(manager: Any, pattern: str, limit: str) -> list[Any]:
+    """Hosts matching ``pattern``; Ansible's own warnings are ours to give, and
+    a pattern it cannot read (``~(``, ``web[9]``) is the user's to fix."""
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            return list(manager.get_hosts(pattern))
+    except Exception as error:  # noqa: BLE001 (Ansible raises many kinds for a bad pattern)
+        raise CollectError(f"--limit {limit}: {pattern!r}: {error}") from None
 
 
-def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
+def resolve_targets(
+    inventory: str, limit: str | None, label: str = "--limit"
+) -> list[Target]:
     """The hosts an inventory source and ``--limit`` pattern select.
 
     Uses Ansible's own inventory code, so every source ``ansible -i`` takes
@@ -117,7 +124,7 @@ def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
     matches nothing.
     """
     from ansible.inventory.helpers import sort_groups
-    from ansible.inventory.manager import InventoryManager
+    from ansible.inventory.manager import InventoryManager, split_host_pattern
     from ansible.parsing.dataloader import DataLoader
 
     if "," not in inventory and not os.path.exists(inventory):
@@ -140,18 +147,26 @@ def resolve_targets(inventory: str, limit: str | None) -> list[Target]:
         raise CollectError(f"{inventory}: the inventory has no hosts")
 
     if limit:
-        for raw_term in limit.replace(":", ",").split(","):
+        for raw_term in split_host_pattern(limit):
             term = raw_term.strip().lstrip("&")
-            if term and not term.startswith("!") and not _quiet(manager, term):
+            if not term:
+                raise CollectError(f"{label} {limit}: an empty pattern")
+            if not term.startswith("!") and not _quiet(manager, term, limit):
                 raise CollectError(
-                    f"--limit {limit}: {term!r} matches no host in {inventory}"
+                    f"{label} {limit}: {term!r} matches no host in {inventory}"
                 )
-        hosts = _quiet(manager, limit)
+        hosts = _quiet(manager, limit, limit)
         if not hosts:
-            raise CollectError(f"--limit {limit}: matches no host in {inventory}")
+            raise CollectError(f"{label} {limit}: matches no host in {inventory}")
 
     targets = []
     for host in hosts:
+        try:
+            host.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CollectError(
+                f"{inventory}: host {host.name!r} is not valid UTF-8"
+            ) from None
         groups = [g.name for g in sort_groups(host.get_groups())]
         targets.append(
             Target(host.name, tuple(g for g in groups if g not in ("all", "ungrouped")))
@@ -189,9 +204,13 @@ class _Events:
 
 
 def _message(result: Mapping[str, Any]) -> str:
-    text = result.get("msg") or result.get("stderr") or result.get("module_stderr")
+    """Ansible's account of a failure, with the module's own stderr when the
+    message alone only says the output was not JSON."""
+    said = [result.get("msg"), result.get("stderr"), result.get("module_stderr")]
+    parts = [str(p).strip() for p in said if p and str(p).strip()]
+    text = " | ".join(dict.fromkeys(parts))
 
-    return str(text or "no message from Ansible").strip()[:2000]
+    return (text or "no message from Ansible")[:2000]
 
 
 def _gathered(section: str, results: Mapping[str, Any], snapshot: Snapshot) -> bool:
@@ -275,6 +294,24 @@ RUN_PREFIX = "driftd-run-"
 INVENTORY_PREFIX = "driftd-inv-"
 
 
+STALE_AFTER = 6 * 3600  # seconds: a run dir this old belongs to no live scan
+
+
+def _stale(path: FsPath) -> bool:
+    """Ours (same user) and older than any scan could run: a pid alone could be
+    another PID namespace's that shares this temp dir."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and time.time() - info.st_mtime > STALE_AFTER
+    )
+
+
 def sweep_temp_dirs() -> list[FsPath]:
     """Remove run and inventory dirs left in the temp dir by a driftd that was
     killed (their names carry its pid); they may hold inventory variables."""
@@ -284,7 +321,7 @@ def sweep_temp_dirs() -> list[FsPath]:
     for prefix in (RUN_PREFIX, INVENTORY_PREFIX):
         for path in FsPath(tempfile.gettempdir()).glob(f"{prefix}*-*"):
             pid = path.name.removeprefix(prefix).split("-", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)) and path.is_dir():
+            if pid.isdigit() and _stale(path) and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 swept.append(path)
     if swept:

@@ -134,6 +134,8 @@ def _check_list(key: str, value: Any) -> str | None:
     unknown = [v for v in value if v not in SECTIONS]
     if key == "sections" and unknown:
         return f"unknown section {unknown[0]!r} (use {', '.join(SECTIONS)})"
+    if key == "sections" and not value:
+        return "must name at least one section"
     for rule in value if key == "ignore" else ():
         try:
             compile_glob(rule)
@@ -143,12 +145,17 @@ def _check_list(key: str, value: Any) -> str | None:
     return None
 
 
+A_YEAR = 366 * 86400  # the largest count of seconds any setting takes
+LARGEST = {"forks": 1000}
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the final NUL
+
+
 def _check_intervals(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "must map inventory group names to seconds"
     for group, seconds in value.items():
-        if not _whole(seconds):
-            return f"{group}: must be a whole number of seconds above 0"
+        if not _whole(seconds) or seconds > A_YEAR:
+            return f"{group}: must be a whole number of seconds from 1 to {A_YEAR}"
 
     return None
 
@@ -162,10 +169,14 @@ def _check(key: str, value: Any) -> str | None:
         return _check_intervals(value)
     if wanted is int and not _whole(value):
         return "must be a whole number above 0"
+    if wanted is int and value > LARGEST.get(key, A_YEAR):
+        return f"must be at most {LARGEST.get(key, A_YEAR)}"
     if wanted is bool and not isinstance(value, bool):
         return "must be true or false"
     if wanted is str and not (isinstance(value, str) and value):
         return "must be a non-empty string"
+    if key == "socket" and len(os.fsencode(value)) > SOCKET_PATH_MAX:
+        return f"a socket path is at most {SOCKET_PATH_MAX} bytes long"
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if wanted is float and not (number and 0 <= value <= 1):
         return "must be a number from 0 to 1"
@@ -211,21 +222,22 @@ def load_file(path: FsPath, base: Settings | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
 
-    return apply(base or Settings(), values, relative_to=path.parent)
+    return apply(base or Settings(), values, relative_to=path.absolute().parent)
 
 
 def apply(
     settings: Settings, values: dict[str, Any], relative_to: FsPath | None = None
 ) -> Settings:
-    """``settings`` with ``values`` laid over them; paths made absolute."""
+    """``settings`` with ``values`` laid over them; paths made absolute, against
+    ``relative_to`` (the config file's directory) or the working directory."""
     changes: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
             continue
         if key in ("db", "baselines", "socket"):
             path = FsPath(os.path.expanduser(value))
-            if relative_to is not None and not path.is_absolute():
-                path = relative_to / path
+            if not path.is_absolute():
+                path = (relative_to or FsPath.cwd()) / path
             changes[key] = path
         elif key == "inventory":
             changes[key] = _inventory_source(str(value), relative_to)
@@ -253,9 +265,23 @@ def _inventory_source(value: str, relative_to: FsPath | None) -> str:
     return str(path) if exists else value
 
 
+def default_config_path() -> FsPath:
+    """The config read when none is named: the daemon's, so that the CLI and
+    the service agree without options."""
+    if os.geteuid() == 0:
+        return FsPath("/etc/driftd/driftd.yml")
+    home = os.environ.get("XDG_CONFIG_HOME") or str(FsPath.home() / ".config")
+
+    return FsPath(home) / "driftd" / "driftd.yml"
+
+
 def load(config: str | None) -> Settings:
-    """The settings in force: ``config`` (or $DRIFTD_CONFIG) over the defaults."""
+    """The settings in force: ``config``, else $DRIFTD_CONFIG (set but empty:
+    no file), else the default config file if it exists, over the defaults."""
     source = config or os.environ.get(ENV_CONFIG)
+    if source is None:
+        default = default_config_path()
+        source = str(default) if default.is_file() else ""
     if not source:
         return Settings()
 

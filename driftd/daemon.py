@@ -50,6 +50,7 @@ log = structlog.get_logger("driftd.daemon")
 
 TICK = 0.5  # seconds between looks at the schedule, signals and files
 DEBOUNCE = 0.5  # seconds of quiet after a file event before reloading
+REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request line
 STOP_BOUND = 25.0  # seconds a stopping daemon waits for the running scan
 MAX_REQUEST = 64 * 1024
 
@@ -184,16 +185,26 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = REQUEST_TIMEOUT  # for the request line; a scan's answer may take long
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST)
+        try:
+            line = self.rfile.readline(MAX_REQUEST)
+        except OSError:
+            return  # a client that never said anything
+        self.connection.settimeout(None)
         try:
             request = json.loads(line)
-            answer = self.server.daemon.answer(request)
+            answer = (
+                self.server.daemon.answer(request)
+                if isinstance(request, dict)
+                else {"error": "bad request: a request is a JSON object"}
+            )
+            reply = json.dumps(answer, ensure_ascii=True, default=str)
         except (ValueError, TypeError, KeyError) as error:
-            answer = {"error": f"bad request: {error}"}
+            reply = json.dumps({"error": f"bad request: {error}"})
         with contextlib.suppress(OSError):
-            self.wfile.write(json.dumps(answer, ensure_ascii=True).encode() + b"\n")
+            self.wfile.write(reply.encode() + b"\n")
 
 
 def ask(path: FsPath, request: Mapping[str, Any], timeout: float | None) -> Any:
@@ -285,9 +296,12 @@ class Daemon:
             settings = self.load_settings()
             baselines = BaselineSet.load(settings.baselines)
         except (UserError, ValueError, OSError) as error:
-            for problem in str(error).splitlines():
+            problems = str(error).splitlines()
+            for problem in problems:
                 log.error("reload_failed", reason=why, problem=problem)  # noqa: TRY400
+            self.state["reload_failed"] = {"at": now(), "problems": problems}
         else:
+            self.state.pop("reload_failed", None)
             with self.lock:
                 self.settings, self.baselines = settings, baselines
                 with contextlib.suppress(DriftdError):
@@ -422,7 +436,7 @@ class Daemon:
         }
         theirs = {k: request.get(k) for k in mine}
         if theirs != mine:
-            return {"declined": "this daemon serves another inventory, db or baselines"}
+            return {"declined": "it serves other settings", **mine}
         reply: queue.Queue[dict[str, Any]] = queue.Queue()
         limit = request.get("limit")
         self.jobs.put(Job([], "request", limit, reply))
@@ -440,6 +454,7 @@ class Daemon:
             "groups": self.state.get("groups", {}),
             "hosts": len(self.targets),
             "db": str(self.settings.db),
+            "reload_failed": self.state.get("reload_failed"),
         }
 
     # --- the main loop ---------------------------------------------------------------
@@ -547,7 +562,20 @@ def request_scan(settings: Settings, limit: str | None) -> dict[str, Any] | None
         "inventory": settings.inventory,
     }
     answer = ask(settings.socket, request, timeout=None)
-    if answer is None or "declined" in answer:
+    if answer is None:
+        return None
+    if "declined" in answer:
+        theirs = (
+            f"inventory {answer.get('inventory') or 'localhost'}, "
+            f"baselines {answer.get('baselines')}"
+        )
+        if answer.get("db") == str(settings.db):
+            raise DriftdError(
+                f"the driftd daemon at {settings.socket} writes {settings.db} with "
+                f"{theirs}: scan with the same settings (its --config), or pass "
+                "--no-daemon to scan here anyway"
+            )
+        log.info("daemon_declined", socket=str(settings.socket), daemon=theirs)
         return None
     if "error" in answer:
         raise DriftdError(str(answer["error"]))

@@ -111,7 +111,7 @@ class Glob:
     """A compiled path glob; it matches a path or any path below one it matches."""
 
     text: str
-    parts: tuple[re.Pattern[str] | None, ...]  # None stands for ``**``
+    parts: tuple[_Wild | None, ...]  # None stands for ``**``
 
     def matches(self, path: Path) -> bool:
         """Whether the glob covers ``path`` (the path itself or one of its parents)."""
@@ -130,7 +130,7 @@ def _segment_text(segment: Segment) -> str:
     return f"[{segment}]" if isinstance(segment, int) else segment
 
 
-def _closure(parts: Sequence[re.Pattern[str] | None], states: set[int]) -> set[int]:
+def _closure(parts: Sequence[_Wild | None], states: set[int]) -> set[int]:
     result = set(states)
     pending = list(states)
     while pending:
@@ -143,7 +143,7 @@ def _closure(parts: Sequence[re.Pattern[str] | None], states: set[int]) -> set[i
 
 
 def _step(
-    parts: Sequence[re.Pattern[str] | None], states: set[int], segment: Segment
+    parts: Sequence[_Wild | None], states: set[int], segment: Segment
 ) -> set[int]:
     text = _segment_text(segment)
     moved: set[int] = set()
@@ -159,17 +159,43 @@ def _step(
     return _closure(parts, moved)
 
 
-def _compile_segment(segment: Segment) -> re.Pattern[str] | None:
+@dataclass(frozen=True)
+class _Wild:
+    """One key's glob: ``*`` any run of characters, ``?`` any one character.
+
+    Matched in time linear in pattern times key, whatever the stars:
+    a regular expression would backtrack exponentially on ``*a*a*a*b``.
+    """
+
+    pattern: str
+
+    def fullmatch(self, text: str) -> bool:
+        pattern = self.pattern
+        at = seen = 0
+        star = -1
+        while seen < len(text):
+            if at < len(pattern) and pattern[at] in ("?", text[seen]):
+                at += 1
+                seen += 1
+            elif at < len(pattern) and pattern[at] == "*":
+                star, resume = at, seen
+                at += 1
+            elif star >= 0:
+                resume += 1
+                at, seen = star + 1, resume
+            else:
+                return False
+
+        return pattern[at:].strip("*") == ""
+
+
+def _compile_segment(segment: Segment) -> _Wild | None:
     if segment == "**":
         return None
     if isinstance(segment, int):
-        return re.compile(re.escape(f"[{segment}]"))
+        return _Wild(f"[{segment}]")
 
-    pattern = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in segment
-    )
-
-    return re.compile(pattern, re.DOTALL)
+    return _Wild(segment)
 
 
 def compile_glob(text: str) -> Glob:

@@ -11,8 +11,11 @@ import fcntl
 import functools
 import getpass
 import os
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -54,6 +57,7 @@ EXIT_CLEAN = 0
 EXIT_ERROR = 1
 EXIT_DRIFT = 2
 EXIT_UNCHECKED = 3
+LOCK_POLL = 0.2  # seconds between tries for the scan lock
 
 
 class DriftdError(UserError, RuntimeError):
@@ -92,7 +96,10 @@ class ScanReport:
 
     @property
     def exit_code(self) -> int:
-        """0 no drift, 2 drift found, 3 no drift but some hosts not checked."""
+        """0 no drift, 2 drift found, 3 no drift but some hosts not checked;
+        1 for a scan that was interrupted, whatever it found before."""
+        if self.status == "interrupted":
+            return EXIT_ERROR
         if any(h.items for h in self.hosts):
             return EXIT_DRIFT
         if any(h.status != "ok" for h in self.hosts):
@@ -131,9 +138,11 @@ def inventory_source(settings: Settings) -> Iterator[str]:
         yield str(localhost_inventory(FsPath(directory)))
 
 
-def targets_for(inventory: str, limit: str | None) -> list[Target]:
+def targets_for(
+    inventory: str, limit: str | None, label: str = "--limit"
+) -> list[Target]:
     try:
-        return resolve_targets(inventory, limit)
+        return resolve_targets(inventory, limit, label)
     except CollectError as error:
         raise DriftdError(str(error)) from error
 
@@ -183,12 +192,28 @@ def open_store(settings: Settings, *, sweep: bool = True, create: bool = True) -
 
 
 @contextlib.contextmanager
-def scan_lock(settings: Settings) -> Iterator[None]:
-    """One writer of drift at a time (scans, accepts); the next one waits."""
+def scan_lock(
+    settings: Settings, cancelled: Callable[[], bool] = lambda: False
+) -> Iterator[None]:
+    """One writer of drift at a time (scans, accepts); the next one waits,
+    unless it is cancelled while it waits."""
     path = settings.db.with_name(settings.db.name + ".scan.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if cancelled():
+                    raise DriftdError(
+                        "cancelled while waiting for another scan or accept to finish"
+                    ) from None
+                if not waiting:
+                    log.info("waiting_for_scan_lock", lock=str(path))
+                    waiting = True
+                time.sleep(LOCK_POLL)
         try:
             yield
         finally:
@@ -286,11 +311,23 @@ def run_scan(
         targets = targets_for(inventory, limit)  # a bad inventory: no db either
         store = open_store(settings)
         try:
-            with scan_lock(settings):
+            with scan_lock(settings, cancelled):
                 job = _Job(settings, store, baselines(), cancelled)
                 return job.run(inventory, targets, limit or "all", trigger)
         finally:
             store.close()
+
+
+def _unknown_beyond(snapshot: Snapshot, files: set[str]) -> Callable[[Path], bool]:
+    """What the snapshot did not observe, counting files that were not asked
+    for: one dropped from the config is no longer watched, not resolved."""
+
+    def unknown(path: Path) -> bool:
+        if path[:1] == ("files",) and len(path) > 1 and path[1] not in files:
+            return True
+        return snapshot.is_unknown(path)
+
+    return unknown
 
 
 def _fresh(baselines: BaselineSet) -> BaselineSet:
@@ -339,11 +376,13 @@ class _Job:
             if self.cancelled() and outcome.snapshot is None:
                 continue  # cut off before it answered: nothing to record
             with structlog.contextvars.bound_contextvars(host=host.name):
-                reports.append(self.judge(scan_id, host, outcome))
+                reports.append(self.judge(scan_id, host, outcome, set(files)))
 
         return reports
 
-    def judge(self, scan_id: int, host: Target, outcome: HostOutcome) -> HostReport:
+    def judge(
+        self, scan_id: int, host: Target, outcome: HostOutcome, files: set[str]
+    ) -> HostReport:
         """Compare one host with its baseline and record it, in one transaction."""
         ignore = self.settings.ignore_rules
         expected = self.baselines.expected(host.name, host.groups, ignore)
@@ -361,7 +400,7 @@ class _Job:
             snapshot_hash=snapshot.content_hash() if snapshot else None,
             baseline_ids=_version_ids(self.store, self.baselines, layers),
             message=message,
-            is_unknown=snapshot.is_unknown if snapshot else None,
+            is_unknown=_unknown_beyond(snapshot, files) if snapshot else None,
             hidden=comparison.hidden if comparison else None,
             is_ignored=lambda path: ignoring.first_match(path) is not None,
         )
@@ -448,16 +487,44 @@ def pruned(snapshot: Snapshot, rules: Sequence[str]) -> Snapshot:
     return result
 
 
-def _write_layer(path: FsPath, document: dict[str, Any], name: str) -> str:
-    """Check a layer as it would be read back, then replace the file atomically."""
+def _layer_text(path: FsPath, document: dict[str, Any], name: str) -> str:
+    """The text of a layer, checked as it would be read back."""
     text = dump_layer(document)
     try:
         parse_layer(name, text)
     except BaselineError as error:
         raise DriftdError(f"refusing to write {path}: {error}") from error
+
+    return text
+
+
+def _write_layer(path: FsPath, document: dict[str, Any], name: str) -> str:
+    """Check a layer as it would be read back, then replace the file atomically."""
+    text = _layer_text(path, document, name)
     write_atomic(path, text)
 
     return text
+
+
+def _restore(path: FsPath, before: bytes | None) -> None:
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, before.decode("utf-8", "surrogateescape"))
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP wait (in the main thread) until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def capture(
@@ -478,7 +545,7 @@ def capture(
     results = []
     try:
         with inventory_source(settings) as inventory:
-            targets = targets_for(inventory, ",".join(hosts))
+            targets = targets_for(inventory, ",".join(hosts), "hosts")
             if from_history:
                 snapshots = {t.name: _stored_snapshot(store, t.name) for t in targets}
             else:
@@ -532,6 +599,15 @@ def _stored_snapshot(store: Store, host: str) -> Snapshot | None:
     text = store.last_snapshot(host)
 
     return Snapshot.from_json(text) if text else None
+
+
+def _holds(tree: Any, path: Path) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+
+    return True
 
 
 def _set_at(tree: dict[Any, Any], path: Path, value: Any, *, remove: bool) -> None:
@@ -601,7 +677,10 @@ def _accept(
             item_path = parse_path(episode["path"])
             removed = episode["kind"] == "removed"
             under_pin = any(item_path[: len(p)] == p for p in pinned)
-            if item_path[0] in snapshot and not under_pin:
+            # A removal edits this host's snapshot only where the value is its
+            # own; one that comes from a shared layer needs an absent pin.
+            own = _holds(snapshot, item_path) if removed else item_path[0] in snapshot
+            if own and not under_pin:
                 _set_at(snapshot, item_path, episode["actual"], remove=removed)
             else:
                 expect[format_path(item_path)] = (
@@ -613,17 +692,30 @@ def _accept(
             document["expect"] = expect
 
         author = who or _who()
-        text = _write_layer(path, document, name)
+        text = _layer_text(path, document, name)
         layer = parse_layer(name, text)
-        version = store.baseline_version(
-            name,
-            layer.content_hash,
-            text,
-            git_commit=git_commit(settings.baselines),
-            author=author,
-            reason=reason,
-        )
-        store.close_episodes([e["id"] for e in episodes], "accepted", author, reason)
+        commit = git_commit(settings.baselines)
+        before = path.read_bytes() if path.exists() else None
+        # The file and the record change together: the database's write lock is
+        # taken first, and the old file comes back if the record fails. Stop
+        # signals wait until both are done.
+        with _signals_held():
+            try:
+                with store.transaction():
+                    write_atomic(path, text)
+                    version = store.baseline_version(
+                        name,
+                        layer.content_hash,
+                        text,
+                        git_commit=commit,
+                        author=author,
+                        reason=reason,
+                    )
+                    ids = [e["id"] for e in episodes]
+                    store.close_episodes(ids, "accepted", author, reason)
+            except BaseException:
+                _restore(path, before)
+                raise
         log.info(
             "drift_accepted", host=host, items=len(episodes), baseline_version=version
         )

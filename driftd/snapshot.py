@@ -17,12 +17,13 @@ import binascii
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from driftd.errors import UserError
-from driftd.paths import Path, format_path, parse_path
+from driftd.paths import Path, PathError, format_path, parse_path
 
 SECTIONS = ("facts", "packages", "services", "files", "users", "groups", "ports")
 
@@ -127,9 +128,25 @@ class Snapshot:
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
+        """A snapshot as ``to_json`` wrote it; DumpError if it is not one."""
         document = json.loads(text)
+        if not isinstance(document, dict):
+            document = {}
+        data: Any = document.get("data")
+        unknown: Any = document.get("unknown")
+        shaped = (
+            isinstance(data, dict)
+            and all(isinstance(v, dict) for v in data.values())
+            and isinstance(unknown, list)
+            and all(isinstance(p, str) for p in unknown)
+        )
+        if not shaped:
+            raise DumpError(
+                "a driftd snapshot holds data (an object of sections) and unknown "
+                "(a list of paths)"
+            )
 
-        return cls(document["data"], {parse_path(p) for p in document["unknown"]})
+        return cls(data, {parse_path(p) for p in unknown})
 
 
 class DumpError(UserError, ValueError):
@@ -374,15 +391,19 @@ def normalise_services(raw: Any, unknown: set[Path]) -> Tree:
 # --- reading fact dumps -------------------------------------------------------------
 
 
-def _split_ad_hoc(text: str, name: str) -> str:
-    head, sep, rest = text.partition("=>")
-    if sep and "|" in head and "\n" not in head.strip():
-        status = head.split("|", 1)[1].strip()
-        if status not in ("SUCCESS", "CHANGED"):
-            raise DumpError(f"{name}: not a fact dump: the host result is {status}")
-        return rest
+_AD_HOC = re.compile(r"\s*([^\s|{}\[\]\"]+) \| ([A-Z!]+)(?: \| rc=\d+)? =>")
 
-    return text
+
+def _split_ad_hoc(text: str, name: str) -> str:
+    """The JSON after ``HOST | SUCCESS =>``, as ``ansible -m setup`` prints it."""
+    match = _AD_HOC.match(text)
+    if match is None:
+        return text
+    status = match.group(2).rstrip("!")
+    if status not in ("SUCCESS", "CHANGED"):
+        raise DumpError(f"{name}: not a fact dump: the host result is {status}")
+
+    return text[match.end() :]
 
 
 def _legacy_list(document: list[Any], name: str) -> tuple[None, Any, Any]:
@@ -478,7 +499,10 @@ def _load_dump_text(text: str, name: str) -> Snapshot:
         ) from error
 
     if isinstance(document, Mapping) and {"data", "unknown"} <= document.keys():
-        return Snapshot.from_json(json.dumps(document))  # a snapshot driftd stored
+        try:
+            return Snapshot.from_json(body)  # a snapshot driftd stored
+        except (DumpError, PathError) as error:
+            raise DumpError(f"{name}: {error}") from None
 
     facts, packages, services = _facts_from_document(document, name)
 

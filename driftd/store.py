@@ -220,7 +220,13 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction; it holds the write lock from its first line."""
+        """One write transaction; it holds the write lock from its first line.
+
+        Nested, it joins the transaction around it.
+        """
+        if self.db.conn.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -514,7 +520,7 @@ class Store:
                 "WHERE id = ?",
                 [stamp, scan_id, "ignored" if ignored else "resolved", row["id"]],
             )
-            closed += 1
+            closed += 0 if ignored else 1  # "resolved" counts what came back
 
         return opened, closed
 

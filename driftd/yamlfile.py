@@ -31,15 +31,30 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+_TAG = "tag:yaml.org,2002:"
+PLAIN_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
 def _check_nodes(root: yaml.Node) -> None:
-    """Refuse aliases and duplicate keys before anything is constructed."""
+    """Refuse aliases, duplicate keys and values JSON cannot hold, before anything
+    is constructed. Dates stay the text they were written as: facts hold
+    dates as text, so ``bios_date: 2024-01-01`` means that text."""
     seen: set[int] = set()
     stack = [root]
     while stack:
         node = stack.pop()
         if id(node) in seen:
-            raise YamlError("anchors and aliases are not accepted", _line(node))
+            raise YamlError(
+                f"the anchor at line {_line(node)} is used again through an alias: "
+                "anchors and aliases are not accepted",
+                _line(node),
+            )
         seen.add(id(node))
+        if node.tag == _TAG + "timestamp":
+            node.tag = _TAG + "str"
+        elif node.tag not in PLAIN_TAGS:
+            tag = node.tag.removeprefix(_TAG)
+            raise YamlError(f"values of type {tag!r} are not accepted", _line(node))
         if isinstance(node, yaml.MappingNode):
             keys: dict[Any, int] = {}
             for key, value in node.value:

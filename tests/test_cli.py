@@ -281,15 +281,20 @@ def test_stale_temp_dirs_of_a_dead_driftd_are_swept(tmp_path: Path) -> None:
     child.wait()
     stale = Path(tempfile.mkdtemp(prefix=f"driftd-run-{child.pid}-"))
     (stale / "env").mkdir()
+    recent = Path(tempfile.mkdtemp(prefix=f"driftd-run-{child.pid}-"))
     alive = Path(tempfile.mkdtemp(prefix=f"driftd-run-{os.getpid()}-"))
+    long_ago = time.time() - 7 * 3600
+    for path in (stale, alive):
+        os.utime(path, (long_ago, long_ago))
     try:
         swept = sweep_temp_dirs()
 
         assert stale in swept
         assert not stale.exists()
+        assert recent.exists()  # it could be a live scan in another PID namespace
         assert alive.exists()
     finally:
-        for path in (stale, alive):
+        for path in (stale, recent, alive):
             if path.exists():
                 path.rmdir()
 
@@ -408,3 +413,227 @@ def test_drift_hidden_by_a_new_ignore_rule_closes_as_ignored(driftd: Driftd) -> 
 
     [episode] = driftd("history", "--json", check=0).json()
     assert (episode["path"], episode["state"]) == ("facts.system", "ignored")
+
+
+# --- found by attacking it -----------------------------------------------------------
+
+
+def test_accepting_a_removal_from_a_shared_layer_sticks(driftd: Driftd) -> None:
+    driftd("baseline", "capture", "localhost", check=0)
+    (driftd.baselines / "all.yml").write_text(
+        'snapshot:\n  packages:\n    driftd-fake-package: ["1.0"]\n'
+    )
+    items = driftd("scan", "--no-daemon", "--json", check=2).json()["hosts"][0]["items"]
+    assert [(i["path"], i["kind"]) for i in items] == [
+        ("packages.driftd-fake-package", "removed")
+    ]
+
+    driftd("baseline", "accept", "localhost", "--reason", "retired", check=0)
+
+    assert (
+        "packages.driftd-fake-package:\n    absent: true"
+        in (driftd.baselines / "hosts" / "localhost.yml").read_text()
+    )
+    driftd("scan", "--no-daemon", check=0)
+    [episode] = driftd("history", "--json", check=0).json()
+    assert episode["state"] == "accepted"
+
+
+def test_a_relative_config_path_reads_paths_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "b").mkdir()
+    (tmp_path / "etc" / "local.ini").write_text(LOCAL_INVENTORY)
+    (tmp_path / "etc" / "driftd.yml").write_text(
+        "inventory: local.ini\ndb: state/d.db\nbaselines: b\n"
+    )
+
+    result = run("--config", "etc/driftd.yml", "scan", "--no-daemon", cwd=tmp_path)
+
+    assert result.code == 3, result.out + result.err
+    assert "no_baseline" in result.out
+    assert (tmp_path / "etc" / "state" / "d.db").exists()
+
+
+@pytest.mark.parametrize(
+    "limit", ["web[0:1]", "web[0:1],localhost", "web[-1]"], ids=["slice", "and", "last"]
+)
+def test_ansible_limit_patterns_work_as_in_ansible(
+    driftd: Driftd, tmp_path: Path, limit: str
+) -> None:
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        LOCAL_INVENTORY
+        + "[web]\n"
+        + "".join(f"w{n} ansible_host=127.0.0.1 ansible_port=1\n" for n in (1, 2, 3))
+    )
+    driftd.inventory = str(inventory)
+    wanted = {
+        "web[0:1]": {"w1", "w2"},
+        "web[0:1],localhost": {"w1", "w2", "localhost"},
+        "web[-1]": {"w3"},
+    }[limit]
+
+    hosts = driftd("scan", "--no-daemon", "--limit", limit, "--json", check=3).json()
+
+    assert {h["host"] for h in hosts["hosts"]} == wanted
+
+
+@pytest.mark.parametrize("limit", ["~(", "web[9]", "&", ""])
+def test_a_limit_ansible_cannot_read_is_a_message(driftd: Driftd, limit: str) -> None:
+    result = driftd("scan", "--no-daemon", "--limit", limit, check=1)
+
+    assert "--limit" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_a_scan_waiting_for_the_lock_can_be_cancelled(driftd: Driftd) -> None:
+    import fcntl
+
+    driftd.db.parent.mkdir(parents=True)
+    lock = driftd.db.with_name(driftd.db.name + ".scan.lock").open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        argv = [sys.executable, "-m", "driftd", "scan", "--no-daemon", "--db"]
+        argv += [str(driftd.db), "--baselines", str(driftd.baselines)]
+        process = subprocess.Popen(
+            [*argv, "-v"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DRIFTD_CONFIG": ""},
+        )
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "waiting_for_scan_lock" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        lock.close()
+
+    assert process.returncode == 1
+    assert "cancelled while waiting" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sections: []\n", "sections: must name at least one section"),
+        ("task_timeout: 100000000000000000000\n", "task_timeout: must be at most"),
+        ("forks: 5000\n", "forks: must be at most 1000"),
+        (f"socket: /tmp/{'s' * 120}.sock\n", "socket: a socket path is at most 107"),
+    ],
+    ids=["no-sections", "huge-timeout", "forks", "long-socket"],
+)
+def test_config_values_that_cannot_work_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    config = tmp_path / "driftd.yml"
+    config.write_text(text)
+
+    result = run("--config", str(config), "check-config", cwd=tmp_path)
+
+    assert result.code == 1
+    assert message in result.err
+
+
+@pytest.mark.parametrize(
+    ("layer", "dump", "code"),
+    [
+        # Choices are normalised like the facts: a list is a multiset, 1.0 is 1.
+        ("facts.x: {one_of: [[b, a]]}\n  facts.y: {one_of: [1.0]}", "x_y", 0),
+        # YAML dates are the text they were written as, as facts hold them.
+        ("facts.bios_date: 2024-01-01", "bios", 0),
+        ("facts.bios_date: 2024-01-02", "bios", 2),
+        # Epochs of other digits are no crash.
+        ('packages.foo: {version: ">=\u00b2:1.0"}', "foo", 0),
+    ],
+    ids=["one-of", "date", "other-date", "odd-epoch"],
+)
+def test_pins_read_as_people_write_them(
+    driftd: Driftd, tmp_path: Path, layer: str, dump: str, code: int
+) -> None:
+    facts = {
+        "x_y": {"ansible_x": ["a", "b"], "ansible_y": 1},
+        "bios": {"ansible_bios_date": "2024-01-01"},
+        "foo": {"ansible_system": "Linux", "packages": {"foo": [{"version": "1.0"}]}},
+    }[dump]
+    baseline = tmp_path / "pins.yml"
+    baseline.write_text(f"expect:\n  {layer}\n", encoding="utf-8")
+    actual = tmp_path / "actual.json"
+    actual.write_text(json.dumps({"ansible_facts": facts}))
+
+    result = driftd("diff", str(baseline), str(actual), check=code)
+
+    assert "Traceback" not in result.err
+
+
+def test_a_pin_written_twice_in_two_spellings_is_named(driftd: Driftd) -> None:
+    (driftd.baselines / "all.yml").write_text(
+        "expect:\n  facts.y: 1\n  'facts[\"y\"]': 2\n"
+    )
+
+    result = driftd("check-config", check=1)
+
+    assert "all.yml:3: expect.facts[\"y\"]: the same path as 'facts.y'" in result.err
+
+
+def test_one_line_json_with_bars_and_arrows_is_json(
+    driftd: Driftd, tmp_path: Path
+) -> None:
+    dump = tmp_path / "one-line.json"
+    dump.write_text(
+        '{"ansible_facts": {"ansible_cmdline": {"x": "a|b"}, "ansible_env": '
+        '{"PS1": "=> "}}}'
+    )
+
+    driftd("diff", str(dump), str(dump), check=0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"data": 1, "unknown": []}',
+        '{"data": {}, "unknown": 1}',
+        '{"data": {"facts": {"a": 1}}, "unknown": [5]}',
+    ],
+)
+def test_a_malformed_stored_snapshot_is_named(
+    driftd: Driftd, tmp_path: Path, text: str
+) -> None:
+    dump = tmp_path / "snapshot.json"
+    dump.write_text(text)
+
+    result = driftd("diff", str(dump), str(dump), check=1)
+
+    assert f"{dump}: a driftd snapshot holds data" in result.err
+
+
+def test_globs_with_many_stars_match_without_backtracking() -> None:
+    from driftd.paths import compile_glob
+
+    glob = compile_glob("facts.*a*a*a*a*a*a*a*a*a*a*a*a*a*b")
+
+    assert not glob.matches(("facts", "a" * 200))
+    assert glob.matches(("facts", "a" * 200 + "b"))
+    assert compile_glob("facts.a?c*").matches(("facts", "abcdef"))
+    assert not compile_glob("facts.a?c").matches(("facts", "ac"))
+
+
+def test_a_dropped_file_stays_open_not_resolved(driftd: Driftd, tmp_path: Path) -> None:
+    watched = tmp_path / "watched.conf"
+    watched.write_text("one\n")
+    config = tmp_path / "driftd.yml"
+    config.write_text(f"files: [{watched}]\n")
+    driftd.config = str(config)
+    driftd("baseline", "capture", "localhost", check=0)
+    layer = driftd.baselines / "hosts" / "localhost.yml"
+    layer.write_text(layer.read_text().replace(str(watched), str(tmp_path / "gone")))
+    driftd("scan", "--no-daemon", check=2)  # watched.conf added, gone removed
+    config.write_text("files: []\n")
+    layer.write_text(layer.read_text().replace(str(tmp_path / "gone"), "/etc/hostname"))
+
+    driftd("scan", "--no-daemon", check=None)
+
+    states = {e["path"]: e["state"] for e in driftd("history", "--json").json()}
+    assert states[f'files["{watched}"]'] == "open"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -136,6 +137,22 @@ def daemon_env(
     notifications.close()
 
 
+LOCAL = "ansible_connection=local"
+
+
+def daemon_socket(driftd: Driftd) -> str:
+    assert driftd.config is not None
+    return str(Path(driftd.config).parent / "driftd.sock")
+
+
+def ask_raw(driftd: Driftd, request: bytes) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(30)
+        client.connect(daemon_socket(driftd))
+        client.sendall(request)
+        return client.makefile("rb").readline().decode()
+
+
 def scans(db: Path) -> list[tuple[int, str, str]]:
     with sqlite3.connect(db) as connection:
         return connection.execute(
@@ -189,6 +206,30 @@ def test_the_daemon_schedules_reloads_serves_and_stops(
         assert "all.yml:" in failed[0]["problem"]
         assert daemon.process.poll() is None
         assert driftd("scan", "--json", check=2).json()["hosts"][0]["items"]
+        assert (
+            "all.yml:"
+            in driftd("status", "--json", check=0).json()["reload_failed"]["problems"][
+                0
+            ]
+        )
+        assert "previous version stays in force" in driftd("status", check=0).out
+
+        # The socket answers what is not a request, and drops who never asks.
+        for garbage in (b"[]\n", b"5\n", b"{not json\n"):
+            assert "bad request" in ask_raw(driftd, garbage)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.connect(daemon_socket(driftd))
+            idle.settimeout(30)
+            assert idle.recv(1) == b""  # closed by the daemon, not held forever
+
+        # The same database with another inventory is refused, not scanned here.
+        other = driftd.home / "other.ini"
+        other.write_text(
+            f"localhost {LOCAL} ansible_python_interpreter={sys.executable}\n"
+        )
+        elsewhere = dataclasses.replace(driftd, inventory=str(other))
+        refused = elsewhere("scan", check=1)
+        assert "--no-daemon" in refused.err and str(driftd.db) in refused.err
 
         # Vim's way: the original renamed to a backup, then the new file written.
         reloads = len(daemon.named("baseline_reloaded"))
@@ -198,6 +239,7 @@ def test_the_daemon_schedules_reloads_serves_and_stops(
         time.sleep(3)
         assert len(daemon.named("baseline_reloaded")) == reloads + 1
         assert driftd("scan", "--json", check=0).json()["hosts"][0]["items"] == []
+        assert driftd("status", "--json", check=0).json()["reload_failed"] is None
 
         # A baselines directory replaced wholesale is caught by the reconcile timer.
         reloads = len(daemon.named("baseline_reloaded"))
@@ -250,6 +292,8 @@ def test_the_daemon_schedules_reloads_serves_and_stops(
     statuses = {status for _, _, status in scans(driftd.db)}
     assert "running" not in statuses
     assert scans(driftd.db)[-1][2] in ("interrupted", "complete")
+    # An interrupted scan is never reported as a clean one to the client.
+    assert client.returncode == (1 if scans(driftd.db)[-1][2] == "interrupted" else 2)
     assert not any("Traceback" in line for line in daemon.raw)
     assert driftd("status", check=3).out.startswith("driftd daemon: not running")
 
