@@ -396,6 +396,8 @@ def collect(
             },
             event_handler=events.handle,
             cancel_callback=cancelled,
+            # How often runner looks at cancel_callback: a stop takes this long.
+            settings={"pexpect_timeout": 1},
             timeout=timeout,
             quiet=True,
             suppress_env_files=True,
