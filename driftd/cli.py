@@ -629,7 +629,7 @@ def diff(expected: FsPath, actual: FsPath, explain: bool, as_json: bool) -> None
 @global_options
 def check_config() -> None:
     """Check the config file and every baseline file; say what is in force."""
-    from driftd.scan import load_baselines
+    from driftd.scan import baseline_warnings, load_baselines
 
     current = settings()
     baselines = load_baselines(current)
@@ -641,6 +641,8 @@ def check_config() -> None:
         f"baselines ok: {len(baselines.layers)} layer files "
         f"({', '.join(sorted(x.name for x in baselines.layers.values())) or 'none'})"
     )
+    for warning in baseline_warnings(current, baselines):
+        click.echo(f"driftd: warning: {warning}", err=True)
 
 
 @main.group()
@@ -816,7 +818,7 @@ def baseline_diff(file: str, old: int, new: int | None) -> None:
         f"{file} v{old}",
         f"{file} v{new}" if new is not None else f"{file} (now)",
     )
-    click.echo("".join(lines), nl=False)
+    click.echo("".join(lines) or "no differences", nl=not lines)
 
 
 def run() -> None:

@@ -29,7 +29,9 @@ from driftd.baseline import (
     Expected,
     Layer,
     dump_layer,
+    group_file_name,
     host_file_name,
+    is_layer_file,
     load_document,
     merge_layers,
     parse_layer,
@@ -316,6 +318,39 @@ def run_scan(
                 return job.run(inventory, targets, limit or "all", trigger)
         finally:
             store.close()
+
+
+def baseline_warnings(settings: Settings, baselines: BaselineSet) -> list[str]:
+    """What in the baselines directory does nothing: YAML files outside the
+    layer places, and layers for hosts or groups the inventory does not have
+    (a typo there silently checks nothing)."""
+    root = settings.baselines
+    warnings = []
+    known = {layer.name for layer in baselines.layers.values()}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if hidden or not is_layer_file(path) or relative in known:
+            continue
+        warnings.append(
+            f"{path}: not a layer (layers are all.yml, groups/GROUP.yml and "
+            "hosts/HOST.yml), so it is not applied"
+        )
+
+    try:
+        with inventory_source(settings) as inventory:
+            targets = targets_for(inventory, None)
+    except DriftdError as error:
+        return [*warnings, f"cannot read the inventory to check layer names: {error}"]
+    hosts = {host_file_name(t.name) for t in targets}
+    groups = {group_file_name(g) for t in targets for g in t.groups}
+    for key, layer in sorted(baselines.layers.items()):
+        if key.startswith("hosts/") and key not in hosts:
+            warnings.append(f"{root / layer.name}: no such host in the inventory")
+        if key.startswith("groups/") and key not in groups:
+            warnings.append(f"{root / layer.name}: no such group in the inventory")
+
+    return warnings
 
 
 def _unknown_beyond(snapshot: Snapshot, files: set[str]) -> Callable[[Path], bool]:

@@ -188,3 +188,20 @@ def test_an_empty_filter_is_refused_not_ignored(driftd: Driftd) -> None:
     for command in (["drift", "--host", ""], ["history", "--path", " "]):
         result = driftd(*command, check=1)
         assert "must not be empty" in result.err, command
+
+
+def test_check_config_warns_of_layers_that_apply_to_nothing(driftd: Driftd) -> None:
+    for name in ("web.yml", "extra/foo.yml", "groups/wbe.yml", "hosts/ghost.yml"):
+        (driftd.baselines / name).parent.mkdir(exist_ok=True)
+        (driftd.baselines / name).write_text("description: somewhere\n")
+    (driftd.baselines / "hosts" / "localhost.yml").write_text("description: here\n")
+
+    result = driftd("check-config", check=0)
+
+    warned = [line for line in result.err.splitlines() if "warning" in line]
+    assert len(warned) == 4, result.err
+    assert f"{driftd.baselines}/web.yml: not a layer" in result.err
+    assert f"{driftd.baselines}/extra/foo.yml: not a layer" in result.err
+    assert "groups/wbe.yml: no such group in the inventory" in result.err
+    assert "hosts/ghost.yml: no such host in the inventory" in result.err
+    assert "localhost.yml: no such host" not in result.err
