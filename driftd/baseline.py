@@ -19,6 +19,7 @@ override earlier ones. A layer may hold:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -124,7 +125,7 @@ def compare_versions(left: str, right: str) -> int:
     ``~`` before anything); RPM versions order the same way in practice."""
 
     def split(text: str) -> tuple[int, str, str]:
-        epoch, _, rest = text.rpartition(":") if ":" in text else ("0", "", text)
+        epoch, _, rest = text.partition(":") if ":" in text else ("0", "", text)
         upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
         number = epoch.isascii() and epoch.isdigit()
         return (int(epoch) if number else 0), upstream, revision
@@ -145,7 +146,7 @@ def parse_version_range(text: str) -> list[tuple[str, str]]:
     constraints = []
     for part in text.split(","):
         match = _CONSTRAINT.match(part)
-        if not match:
+        if not match or match.group(2)[0] in "<>=!":
             raise ValueError(f"not a version constraint: {part.strip()!r}")
         constraints.append((match.group(1), match.group(2)))
 
@@ -228,7 +229,7 @@ def parse_matcher(value: Any) -> Matcher:
             raise ValueError("regex takes a string")
         try:
             re.compile(arg)
-        except re.error as error:
+        except (re.error, OverflowError, RecursionError) as error:
             raise ValueError(f"bad regex: {error}") from error
     if op == "version":
         if not isinstance(arg, str):
@@ -247,9 +248,15 @@ def parse_matcher(value: Any) -> Matcher:
 
 @dataclass(frozen=True)
 class Pin:
+    """A pinned path. It ``hides`` the snapshot's own items at and below its
+    path (the pin says what is expected there), unless it only asks for
+    presence, or a later layer's snapshot speaks of that path again: later
+    layers override earlier ones."""
+
     path: Path
     matcher: Matcher
     source: str
+    hides: bool = True
 
 
 @dataclass
@@ -277,6 +284,8 @@ class Expected:
     ignore: tuple[str, ...]
     layers: list[Layer]
     unknown: set[Path] = field(default_factory=set)
+    # Each section's tree under the ignore rules, pruned once: compare fills it.
+    pruned: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _line_of(text: str, keys: list[Any]) -> int | None:
@@ -473,6 +482,9 @@ class BaselineSet:
     root: FsPath
     layers: dict[str, Layer]
     stamp: tuple[tuple[str, int, int], ...] = ()
+    merged: dict[tuple[Any, ...], Expected | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, root: FsPath) -> BaselineSet:
@@ -539,10 +551,17 @@ class BaselineSet:
     def expected(
         self, host: str, groups: Iterable[str], ignore: Iterable[str]
     ) -> Expected | None:
-        """The merged expectation for a host, or None when no layer applies."""
-        layers = self.layers_for(host, groups)
+        """The merged expectation for a host, or None when no layer applies.
 
-        return merge_layers(layers, ignore) if layers else None
+        Kept for the life of this set (one load of the files): a daemon
+        merges and prunes each host's layers once, not once per scan.
+        """
+        key = (host, tuple(groups), tuple(ignore))
+        if key not in self.merged:
+            layers = self.layers_for(host, key[1])
+            self.merged[key] = merge_layers(layers, key[2]) if layers else None
+
+        return self.merged[key]
 
 
 def _stamp(files: Iterable[FsPath]) -> tuple[tuple[str, int, int], ...]:
@@ -564,11 +583,25 @@ def merge_layers(layers: list[Layer], ignore: Iterable[str]) -> Expected:
     rules = list(ignore)
     for layer in layers:
         tree = _merge(tree, layer.snapshot)
+        for path, pin in pins.items():
+            if pin.hides and _speaks_of(layer.snapshot, path):
+                pins[path] = dataclasses.replace(pin, hides=False)
         for path, matcher in layer.pins.items():
-            pins[path] = Pin(path, matcher, layer.name)
+            pins[path] = Pin(path, matcher, layer.name, matcher.op != "present")
         rules += layer.ignore
 
     return Expected(tree, list(pins.values()), tuple(dict.fromkeys(rules)), layers)
+
+
+def _speaks_of(snapshot: Tree, path: Path) -> bool:
+    """Whether a snapshot holds a value at ``path`` or below it."""
+    node: Any = snapshot
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+
+    return True
 
 
 def canonical_name(name: str) -> str:

@@ -169,12 +169,13 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
         return
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    click.echo(line.rstrip())
-    for row in cells:
-        click.echo(
+    lines = [[h.upper() for h in headers], *cells]
+    click.echo(
+        "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in lines
         )
+    )
 
 
 def _print_json(document: Any) -> None:
@@ -472,7 +473,12 @@ def _when(text: str) -> str:
 @main.command()
 @global_options
 @click.option("--host", metavar="HOST", callback=_given, help="Only this host.")
-@click.option("--since", metavar="WHEN", help="Since 7d, 12h, 30m ago or an ISO date.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    callback=_given,
+    help="Since 7d, 12h, 30m ago or an ISO date.",
+)
 @click.option(
     "--path",
     "path_glob",

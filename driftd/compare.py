@@ -241,6 +241,16 @@ def _under(path: Path, prefixes: set[Path]) -> bool:
 # --- the comparison -----------------------------------------------------------------
 
 
+def _pruned_once(
+    expected: Expected, section: str, wanted: Any, rules: GlobSet
+) -> tuple[Any, list[tuple[Path, int]]]:
+    """The expected side of a section under its rules: the same every scan."""
+    if section not in expected.pruned:
+        expected.pruned[section] = prune(wanted, rules, (section,))
+
+    return expected.pruned[section]  # type: ignore[no-any-return]
+
+
 def compare(
     expected: Expected, actual: Snapshot, *, explain: bool = False
 ) -> Comparison:
@@ -249,14 +259,14 @@ def compare(
     rules = GlobSet.of(expected.ignore)
     items: list[DriftItem] = []
     cuts: list[tuple[Path, int]] = []
-    pinned = [pin.path for pin in expected.pins]
+    pinned = [pin.path for pin in expected.pins if pin.hides]
     unobserved: list[str] = []
 
     for section, wanted in expected.tree.items():
         if section not in actual.data:
             unobserved.append(section)
             continue
-        old, old_cuts = prune(wanted, rules, (section,))
+        old, old_cuts = _pruned_once(expected, section, wanted, rules)
         new, new_cuts = prune(actual.data[section], rules, (section,))
         cuts += old_cuts + new_cuts
         for item in diff_trees((section,), old, new):

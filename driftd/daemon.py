@@ -295,8 +295,8 @@ class Daemon:
         try:
             settings = self.load_settings()
             baselines = BaselineSet.load(settings.baselines)
-        except (UserError, ValueError, OSError) as error:
-            problems = str(error).splitlines()
+        except Exception as error:  # noqa: BLE001 (whatever a file holds, the old stays)
+            problems = str(error).splitlines() or [type(error).__name__]
             for problem in problems:
                 log.error("reload_failed", reason=why, problem=problem)  # noqa: TRY400
             self.state["reload_failed"] = {"at": now(), "problems": problems}
@@ -429,11 +429,7 @@ class Daemon:
         if op != "scan":
             return {"error": f"unknown request {op!r}"}
 
-        mine = {
-            "db": str(self.settings.db),
-            "baselines": str(self.settings.baselines),
-            "inventory": self.settings.inventory,
-        }
+        mine = served_by(self.settings)
         theirs = {k: request.get(k) for k in mine}
         if theirs != mine:
             return {"declined": "it serves other settings", **mine}
@@ -499,6 +495,7 @@ class Daemon:
         try:
             self.loop(watcher)
         finally:
+            self.stopping.set()
             log.info("daemon_stopping")
             self.notifier.send("STOPPING=1")
             threads[1].join(timeout=STOP_BOUND)
@@ -525,19 +522,29 @@ class Daemon:
     def loop(self, watcher: Watcher) -> None:
         last_reconcile = time.monotonic()
         while not self.stopping.is_set():
-            self.notifier.ping()
-            watcher.supervise()
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload("signal")
-            elif watcher.settled():
-                watcher.dirty.clear()
-                self.reload("file_changed")
-            elif time.monotonic() - last_reconcile >= self.settings.reconcile:
-                last_reconcile = time.monotonic()
-                self.reload("reconcile")
-            self.enqueue_due(busy=self.state.get("current") is not None)
-            self.stopping.wait(TICK)
+            try:
+                last_reconcile = self.turn(watcher, last_reconcile)
+            except Exception:  # the main loop must outlive any one turn
+                log.exception("main_loop_error")
+                self.stopping.wait(TICK)
+
+    def turn(self, watcher: Watcher, last_reconcile: float) -> float:
+        """One pass of the main loop; returns when it last reconciled."""
+        self.notifier.ping()
+        watcher.supervise()
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload("signal")
+        elif watcher.settled():
+            watcher.dirty.clear()
+            self.reload("file_changed")
+        elif time.monotonic() - last_reconcile >= self.settings.reconcile:
+            last_reconcile = time.monotonic()
+            self.reload("reconcile")
+        self.enqueue_due(busy=self.state.get("current") is not None)
+        self.stopping.wait(TICK)
+
+        return last_reconcile
 
     def install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -552,15 +559,31 @@ class Daemon:
         signal.signal(signal.SIGHUP, hangup)
 
 
+def served_by(settings: Settings) -> dict[str, Any]:
+    """What a scan request must share with the daemon to be run by it: the same
+    files (however their paths are spelled) and the same scan settings."""
+    scope = {
+        "sections": list(settings.sections),
+        "files": sorted(settings.files),
+        "ignore": list(settings.ignore_rules),
+        "become": settings.become,
+    }
+
+    return {
+        "db": os.path.realpath(settings.db),
+        "baselines": os.path.realpath(settings.baselines),
+        "inventory": (
+            os.path.realpath(inventory)
+            if (inventory := settings.inventory) and os.path.exists(inventory)
+            else inventory
+        ),
+        "scope": hashlib.sha256(json.dumps(scope).encode()).hexdigest(),
+    }
+
+
 def request_scan(settings: Settings, limit: str | None) -> dict[str, Any] | None:
     """Ask a running daemon to scan; None when no daemon serves these settings."""
-    request = {
-        "op": "scan",
-        "limit": limit,
-        "db": str(settings.db),
-        "baselines": str(settings.baselines),
-        "inventory": settings.inventory,
-    }
+    request = {"op": "scan", "limit": limit, **served_by(settings)}
     answer = ask(settings.socket, request, timeout=None)
     if answer is None:
         return None
@@ -569,11 +592,11 @@ def request_scan(settings: Settings, limit: str | None) -> dict[str, Any] | None
             f"inventory {answer.get('inventory') or 'localhost'}, "
             f"baselines {answer.get('baselines')}"
         )
-        if answer.get("db") == str(settings.db):
+        if answer.get("db") == os.path.realpath(settings.db):
             raise DriftdError(
                 f"the driftd daemon at {settings.socket} writes {settings.db} with "
-                f"{theirs}: scan with the same settings (its --config), or pass "
-                "--no-daemon to scan here anyway"
+                f"{theirs} and its own scan settings: scan with the same settings "
+                "(its --config), or pass --no-daemon to scan here anyway"
             )
         log.info("daemon_declined", socket=str(settings.socket), daemon=theirs)
         return None

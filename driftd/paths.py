@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from driftd.errors import UserError
 
@@ -208,7 +208,6 @@ class GlobSet:
     """Several globs walked together over a tree: the engine of ignore rules."""
 
     globs: tuple[Glob, ...]
-    hits: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, texts: Iterable[str]) -> GlobSet:

@@ -579,7 +579,7 @@ def capture(
     store = open_store(settings)
     results = []
     try:
-        with inventory_source(settings) as inventory:
+        with inventory_source(settings) as inventory, scan_lock(settings):
             targets = targets_for(inventory, ",".join(hosts), "hosts")
             if from_history:
                 snapshots = {t.name: _stored_snapshot(store, t.name) for t in targets}
@@ -622,6 +622,9 @@ def capture(
                     author=_who(),
                     reason="captured",
                 )
+                # What drifted is the baseline now: accepted, not resolved.
+                open_ids = [e["id"] for e in store.open_episodes(target.name)]
+                store.close_episodes(open_ids, "accepted", _who(), "baseline captured")
                 log.info("baseline_captured", host=target.name, file=str(path))
                 results.append((target.name, str(path), "captured"))
     finally:
@@ -706,18 +709,20 @@ def _accept(
         expect = document.get("expect") or {}
         groups = _groups_of(settings, host)
         expected = baselines.expected(host, groups, settings.ignore_rules)
-        pinned = {p.path for p in expected.pins} if expected else set()
+        pinned = {p.path for p in expected.pins if p.hides} if expected else set()
 
+        layers = expected.layers if expected else []
+        shared = merge_layers([x for x in layers if x.name != name], []).tree
         for episode in episodes:
             item_path = parse_path(episode["path"])
             removed = episode["kind"] == "removed"
             under_pin = any(item_path[: len(p)] == p for p in pinned)
-            # A removal edits this host's snapshot only where the value is its
-            # own; one that comes from a shared layer needs an absent pin.
+            # A removal edits this host's snapshot where the value is its own,
+            # and needs an absent pin where a shared layer still supplies it.
             own = _holds(snapshot, item_path) if removed else item_path[0] in snapshot
             if own and not under_pin:
                 _set_at(snapshot, item_path, episode["actual"], remove=removed)
-            else:
+            if not own or under_pin or (removed and _holds(shared, item_path)):
                 expect[format_path(item_path)] = (
                     {"absent": True} if removed else _pin_value(episode["actual"])
                 )

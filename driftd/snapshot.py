@@ -154,7 +154,23 @@ class DumpError(UserError, ValueError):
 
 
 def strict_equal(left: Any, right: Any) -> bool:
-    """Equality that also requires equal types at every depth (``1 != True``)."""
+    """Equality that also requires equal types at every depth (``1 != True``).
+
+    Python's own comparison and ``repr`` run in C: unequal values, and equal
+    ones written alike (the common case, a record that did not change), are
+    settled there; only equal values that print differently (``1`` and
+    ``True``, keys in another order) are walked here.
+    """
+    if left is right:
+        return True
+    if left != right:
+        return False
+    if repr(left) == repr(right):
+        return True
+    return _strict_walk(left, right)
+
+
+def _strict_walk(left: Any, right: Any) -> bool:
     if type(left) is not type(right):
         return False
     if isinstance(left, dict):
@@ -486,6 +502,7 @@ def load_dump_text(text: str, name: str) -> Snapshot:
 
 
 def _load_dump_text(text: str, name: str) -> Snapshot:
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     if not text.strip():
         raise DumpError(f"{name}: empty file")
 

@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 30.0
 
 OPEN = "open"
-CLOSE_REASONS = ("resolved", "ignored", "accepted", "remediated")
+CLOSE_REASONS = ("resolved", "replaced", "ignored", "accepted", "remediated")
 CHECKED = ("ok", "partial")
 
 
@@ -478,6 +478,19 @@ class Store:
             seen.add(path)
             expected, actual = encode(item.expected), encode(item.actual)
             row = current.get(path)
+            if row is not None and (row["kind"], row["expected"], row["actual"]) != (
+                item.kind,
+                expected,
+                actual,
+            ):
+                # Another drift at the same path (0600 then 0700): the first
+                # episode keeps the values it had; the new one starts here.
+                self.db.execute(
+                    "UPDATE episodes SET closed_at = ?, closed_scan = ?, "
+                    "close_reason = 'replaced' WHERE id = ?",
+                    [stamp, scan_id, row["id"]],
+                )
+                row = None
             if row is None:
                 self.db.execute(
                     "INSERT INTO episodes (host, path, kind, expected, actual, "

@@ -637,3 +637,96 @@ def test_a_dropped_file_stays_open_not_resolved(driftd: Driftd, tmp_path: Path) 
 
     states = {e["path"]: e["state"] for e in driftd("history", "--json").json()}
     assert states[f'files["{watched}"]'] == "open"
+
+
+# --- found by the second attack ------------------------------------------------------
+
+
+def _watching(driftd: Driftd, tmp_path: Path) -> Path:
+    watched = tmp_path / "watched.conf"
+    watched.write_text("PermitRootLogin no\n")
+    watched.chmod(0o644)
+    config = tmp_path / "driftd.yml"
+    config.write_text(f"files: [{watched}]\n")
+    driftd.config = str(config)
+
+    return watched
+
+
+def test_a_shared_presence_pin_hides_nothing_below_it(
+    driftd: Driftd, tmp_path: Path
+) -> None:
+    watched = _watching(driftd, tmp_path)
+    (driftd.baselines / "all.yml").write_text(
+        f"expect:\n  'files[\"{watched}\"]': {{present: true}}\n"
+    )
+    driftd("baseline", "capture", "localhost", check=0)
+    driftd("scan", "--no-daemon", check=0)
+
+    watched.write_text("PermitRootLogin yes\n")
+    watched.chmod(0o666)
+    result = driftd("scan", "--no-daemon", "--json", check=2).json()
+
+    paths = {i["path"] for i in result["hosts"][0]["items"]}
+    assert {f'files["{watched}"].checksum', f'files["{watched}"].mode'} <= paths
+
+
+def test_a_new_value_at_a_drifted_path_is_a_new_episode(
+    driftd: Driftd, tmp_path: Path
+) -> None:
+    watched = _watching(driftd, tmp_path)
+    driftd("baseline", "capture", "localhost", check=0)
+    mode = f'files["{watched}"].mode'
+    for bits in (0o600, 0o700):
+        watched.chmod(bits)
+        driftd("scan", "--no-daemon", check=2)
+
+    episodes = [e for e in driftd("history", "--json").json() if e["path"] == mode]
+
+    assert sorted((e["actual"], e["state"]) for e in episodes) == [
+        ("0600", "replaced"),
+        ("0700", "open"),
+    ]
+
+
+def test_capturing_over_open_drift_accepts_it(driftd: Driftd) -> None:
+    driftd("baseline", "capture", "localhost", check=0)
+    layer = driftd.baselines / "hosts" / "localhost.yml"
+    layer.write_text(
+        layer.read_text().replace("    system: Linux\n", "    system: X\n")
+    )
+    driftd("scan", "--no-daemon", check=2)
+
+    driftd("baseline", "capture", "localhost", check=0)
+
+    [episode] = driftd("history", "--json").json()
+    assert (episode["state"], episode["close_note"]) == (
+        "accepted",
+        "baseline captured",
+    )
+    driftd("scan", "--no-daemon", check=0)
+
+
+@pytest.mark.parametrize(
+    ("pin", "message"),
+    [
+        ('{regex: "a{99999999999}"}', "bad regex"),
+        ('{version: "<<2"}', "not a version constraint"),
+    ],
+)
+def test_matchers_that_cannot_work_are_named(
+    driftd: Driftd, pin: str, message: str
+) -> None:
+    (driftd.baselines / "all.yml").write_text(f"expect:\n  facts.x: {pin}\n")
+
+    result = driftd("check-config", check=1)
+
+    assert f"all.yml:2: expect.facts.x: {message}" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_a_dump_with_a_byte_order_mark_is_read(driftd: Driftd, tmp_path: Path) -> None:
+    dump = tmp_path / "bom.json"
+    dump.write_text('\ufeff{"ansible_facts": {"ansible_system": "Linux"}}')
+
+    driftd("diff", str(dump), str(dump), check=0)

@@ -230,6 +230,9 @@ def test_the_daemon_schedules_reloads_serves_and_stops(
         elsewhere = dataclasses.replace(driftd, inventory=str(other))
         refused = elsewhere("scan", check=1)
         assert "--no-daemon" in refused.err and str(driftd.db) in refused.err
+        spelled = driftd.db.parent / ".." / driftd.db.parent.name / driftd.db.name
+        refused = dataclasses.replace(elsewhere, db=spelled)("scan", check=1)
+        assert "--no-daemon" in refused.err
 
         # Vim's way: the original renamed to a backup, then the new file written.
         reloads = len(daemon.named("baseline_reloaded"))

@@ -185,7 +185,11 @@ def test_an_empty_filter_is_refused_not_ignored(driftd: Driftd) -> None:
     from driftd.store import Store
 
     Store.open(driftd.db).close()
-    for command in (["drift", "--host", ""], ["history", "--path", " "]):
+    for command in (
+        ["drift", "--host", ""],
+        ["history", "--path", " "],
+        ["history", "--since", ""],
+    ):
         result = driftd(*command, check=1)
         assert "must not be empty" in result.err, command
 
