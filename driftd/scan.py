@@ -612,6 +612,7 @@ def capture(
                 rules = expected.ignore if expected else settings.ignore_rules
                 document["snapshot"] = pruned(snapshot, rules).data
                 document.setdefault("description", f"captured from {target.name}")
+                _pin_what_shared_layers_add(document, expected, name, snapshot, rules)
                 text = _write_layer(path, document, name)
                 layer = parse_layer(name, text)
                 store.baseline_version(
@@ -631,6 +632,38 @@ def capture(
         store.close()
 
     return results
+
+
+def _pin_what_shared_layers_add(
+    document: dict[str, Any],
+    expected: Expected | None,
+    name: str,
+    snapshot: Snapshot,
+    rules: Sequence[str],
+) -> None:
+    """A captured host lacks values that shared layers' snapshots expect: pin
+    them absent in its layer, so the capture holds as it was taken."""
+    if expected is None:
+        return
+    shared = merge_layers([x for x in expected.layers if x.name != name], []).tree
+    globs = GlobSet.of(rules)
+    expect = document.get("expect") or {}
+    for path in _missing(shared, document["snapshot"]):
+        if globs.first_match(path) is None and not snapshot.is_unknown(path):
+            expect.setdefault(format_path(path), {"absent": True})
+    if expect:
+        document["expect"] = expect
+
+
+def _missing(shared: Any, own: Any, here: Path = ()) -> Iterator[Path]:
+    """Paths ``shared`` holds below the sections ``own`` has, that ``own`` lacks."""
+    for key, value in shared.items():
+        if not here and key not in own:
+            continue  # a section not collected says nothing
+        if key not in own:
+            yield (*here, key)
+        elif isinstance(value, dict) and isinstance(own[key], dict):
+            yield from _missing(value, own[key], (*here, key))
 
 
 def _stored_snapshot(store: Store, host: str) -> Snapshot | None:

@@ -730,3 +730,33 @@ def test_a_dump_with_a_byte_order_mark_is_read(driftd: Driftd, tmp_path: Path) -
     dump.write_text('\ufeff{"ansible_facts": {"ansible_system": "Linux"}}')
 
     driftd("diff", str(dump), str(dump), check=0)
+
+
+FAKE = "packages.driftd-fake-package"
+
+
+def test_a_capture_holds_against_shared_snapshots_it_lacks(driftd: Driftd) -> None:
+    (driftd.baselines / "all.yml").write_text(
+        'snapshot:\n  packages:\n    driftd-fake-package: ["1.0"]\n'
+    )
+
+    driftd("baseline", "capture", "localhost", check=0)
+
+    layer = (driftd.baselines / "hosts" / "localhost.yml").read_text()
+    assert f"{FAKE}:\n    absent: true" in layer
+    driftd("scan", "--no-daemon", check=0)
+
+
+def test_accepting_a_removal_held_by_both_layers_sticks(driftd: Driftd) -> None:
+    driftd("baseline", "capture", "localhost", check=0)
+    fake = '    driftd-fake-package:\n    - "1.0"\n'
+    (driftd.baselines / "all.yml").write_text(f"snapshot:\n  packages:\n{fake}")
+    layer = driftd.baselines / "hosts" / "localhost.yml"
+    layer.write_text(layer.read_text().replace("  packages:\n", f"  packages:\n{fake}"))
+    driftd("scan", "--no-daemon", check=2)
+
+    driftd("baseline", "accept", "localhost", "--reason", "gone", check=0)
+
+    assert "driftd-fake-package:\n    -" not in layer.read_text()
+    assert f"{FAKE}:\n    absent: true" in layer.read_text()
+    driftd("scan", "--no-daemon", check=0)
