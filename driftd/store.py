@@ -191,7 +191,8 @@ class Store:
     @classmethod
     def open(cls, path: FsPath, *, sweep: bool = True, create: bool = True) -> Store:
         """Open (creating it if ``create``) and migrate; StoreError if unusable."""
-        if not create and not path.exists():
+        if not create and (not path.exists() or path.stat().st_size == 0):
+            # An empty file is no database yet: reading never makes it one.
             raise StoreError(f"{path}: no history here yet (no scan has written it)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,11 @@ def test_reading_commands_never_create_a_database(driftd: Driftd) -> None:
         assert "no history here yet" in result.err, command
         assert not driftd.db.exists(), command
 
+    driftd.db.parent.mkdir(parents=True)
+    driftd.db.touch()
+    assert "no history here yet" in driftd("drift", check=1).err
+    assert driftd.db.stat().st_size == 0
+
 
 @pytest.mark.parametrize(
     ("text", "message"),
