@@ -55,6 +55,13 @@ class Notifications:
         self.sock.close()
 
 
+def private_tmp(driftd: Driftd) -> Path:
+    path = driftd.home / "tmp"
+    path.mkdir(exist_ok=True)
+
+    return path
+
+
 class DaemonProcess:
     """``driftd daemon`` in a subprocess, its JSON log lines collected."""
 
@@ -81,7 +88,8 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             text=True,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
+            # Its temp dirs live with the test: one killed on purpose leaves them.
+            env={**os.environ, "TMPDIR": str(private_tmp(driftd)), **env},
         )
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
