@@ -405,7 +405,7 @@ def _version(package: str) -> str:
 
 
 def _git_commit() -> str:
-    from driftd.scan import git_commit
+    from driftd.baseline import git_commit
 
     commit = git_commit(ROOT / "driftd")
     if commit is None:

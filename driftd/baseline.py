@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
+import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -34,7 +36,7 @@ import yaml
 
 from driftd import yamlfile
 from driftd.errors import UserError
-from driftd.paths import Path, PathError, format_path, parse_path
+from driftd.paths import Path, PathError, format_path, lookup, parse_path
 from driftd.snapshot import SECTIONS, normalise_value, strict_equal
 
 # Facts that change on their own; hidden unless a user turns the defaults off.
@@ -494,15 +496,7 @@ class BaselineSet:
             raise BaselineError([f"{root}: baselines directory does not exist"])
 
         problems: list[str] = []
-        files = [root / "all.yml", root / "all.yaml"]
-        for sub in ("groups", "hosts"):
-            folder = root / sub
-            try:
-                if folder.is_dir():
-                    files += sorted(p for p in folder.iterdir() if is_layer_file(p))
-            except OSError as error:
-                problems.append(f"{folder}: cannot list: {error.strerror}")
-
+        files = _layer_files(root, problems)
         layers: dict[str, Layer] = {}
         for path in files:
             if not path.is_file():
@@ -528,12 +522,14 @@ class BaselineSet:
 
     def fresh(self) -> BaselineSet:
         """These layers, or the files again if any changed since they were read."""
-        files = [self.root / "all.yml", self.root / "all.yaml"]
-        for sub in ("groups", "hosts"):
-            with contextlib.suppress(OSError):
-                files += (p for p in (self.root / sub).iterdir() if is_layer_file(p))
+        files = _layer_files(self.root, [])
 
         return self if _stamp(files) == self.stamp else BaselineSet.load(self.root)
+
+    @functools.cached_property
+    def commit(self) -> str | None:
+        """The git commit these files were read at: looked up once per load."""
+        return git_commit(self.root)
 
     def file_of(self, name: str) -> str:
         """The file that holds layer ``name`` (``X.yml``): ``X.yaml`` if that is
@@ -564,6 +560,43 @@ class BaselineSet:
         return self.merged[key]
 
 
+def _layer_files(root: FsPath, problems: list[str]) -> list[FsPath]:
+    """Where layers can be: all.yml, groups/ and hosts/ (unlistable: a problem)."""
+    files = [root / "all.yml", root / "all.yaml"]
+    for sub in ("groups", "hosts"):
+        folder = root / sub
+        try:
+            if folder.is_dir():
+                files += sorted(p for p in folder.iterdir() if is_layer_file(p))
+        except OSError as error:
+            problems.append(f"{folder}: cannot list: {error.strerror}")
+
+    return files
+
+
+def git_commit(directory: FsPath) -> str | None:
+    """HEAD of the git checkout holding ``directory`` (``+dirty`` if changed)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+    return f"{head}+dirty" if dirty else head
+
+
 def _stamp(files: Iterable[FsPath]) -> tuple[tuple[str, int, int], ...]:
     """Name, change time and size of each file: cheap to take, changed by any
     write (an atomic rename included)."""
@@ -584,24 +617,13 @@ def merge_layers(layers: list[Layer], ignore: Iterable[str]) -> Expected:
     for layer in layers:
         tree = _merge(tree, layer.snapshot)
         for path, pin in pins.items():
-            if pin.hides and _speaks_of(layer.snapshot, path):
+            if pin.hides and lookup(layer.snapshot, path)[0]:
                 pins[path] = dataclasses.replace(pin, hides=False)
         for path, matcher in layer.pins.items():
             pins[path] = Pin(path, matcher, layer.name, matcher.op != "present")
         rules += layer.ignore
 
     return Expected(tree, list(pins.values()), tuple(dict.fromkeys(rules)), layers)
-
-
-def _speaks_of(snapshot: Tree, path: Path) -> bool:
-    """Whether a snapshot holds a value at ``path`` or below it."""
-    node: Any = snapshot
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return False
-        node = node[key]
-
-    return True
 
 
 def canonical_name(name: str) -> str:

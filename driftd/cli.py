@@ -114,6 +114,16 @@ def _given(_ctx: click.Context, param: click.Parameter, value: str | None) -> An
     return value
 
 
+host_option = click.option(
+    "--host", metavar="HOST", callback=_given, help="Only this host."
+)
+path_option = click.option(
+    "--path",
+    "path_glob",
+    metavar="GLOB",
+    callback=_given,
+    help="Only paths this glob covers.",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for programs."
 )
@@ -396,14 +406,8 @@ def status(as_json: bool) -> None:
 
 @main.command()
 @global_options
-@click.option("--host", metavar="HOST", callback=_given, help="Only this host.")
-@click.option(
-    "--path",
-    "path_glob",
-    metavar="GLOB",
-    callback=_given,
-    help="Only paths this glob covers.",
-)
+@host_option
+@path_option
 @json_option
 def drift(host: str | None, path_glob: str | None, as_json: bool) -> None:
     """Drift that is open now."""
@@ -472,20 +476,14 @@ def _when(text: str) -> str:
 
 @main.command()
 @global_options
-@click.option("--host", metavar="HOST", callback=_given, help="Only this host.")
+@host_option
 @click.option(
     "--since",
     metavar="WHEN",
     callback=_given,
     help="Since 7d, 12h, 30m ago or an ISO date.",
 )
-@click.option(
-    "--path",
-    "path_glob",
-    metavar="GLOB",
-    callback=_given,
-    help="Only paths this glob covers.",
-)
+@path_option
 @click.option(
     "--last",
     type=click.IntRange(min=1, max=10**9),
@@ -681,13 +679,7 @@ def baseline_capture(hosts: tuple[str, ...], from_history: bool) -> None:
 @baseline.command("accept")
 @global_options
 @click.argument("host")
-@click.option(
-    "--path",
-    "path_glob",
-    metavar="GLOB",
-    callback=_given,
-    help="Only drift at paths this glob covers.",
-)
+@path_option
 @click.option(
     "--reason",
     required=True,

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -101,17 +101,22 @@ def _ansible_complaints(text: str) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def _quiet(manager: Any, pattern: str, limit: str) -> list[Any]:
-    """Hosts matching ``pattern``; Ansible's own warnings are ours to give, and
-    a pattern it cannot read (``~(``, ``web[9]``) is the user's to fix."""
+@contextlib.contextmanager
+def _ansible_output() -> Iterator[io.StringIO]:
+    """What Ansible prints meanwhile, kept: its warnings are ours to give."""
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        yield said
+
+
+def _quiet(manager: Any, pattern: str, where: str) -> list[Any]:
+    """Hosts matching ``pattern``; a pattern Ansible cannot read (``~(``,
+    ``web[9]``) is the user's to fix."""
     try:
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
+        with _ansible_output():
             return list(manager.get_hosts(pattern))
     except Exception as error:  # noqa: BLE001 (Ansible raises many kinds for a bad pattern)
-        raise CollectError(f"--limit {limit}: {pattern!r}: {error}") from None
+        raise CollectError(f"{where}: {pattern!r}: {error}") from None
 
 
 def resolve_targets(
@@ -130,8 +135,7 @@ def resolve_targets(
     if "," not in inventory and not os.path.exists(inventory):
         raise CollectError(f"{inventory}: inventory source does not exist")
 
-    said = io.StringIO()
-    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+    with _ansible_output() as said:
         manager = InventoryManager(loader=DataLoader(), sources=[inventory])
     complaints = _ansible_complaints(said.getvalue())
     if not manager._inventory.processed_sources:  # no public view of this
@@ -151,11 +155,13 @@ def resolve_targets(
             term = raw_term.strip().lstrip("&")
             if not term:
                 raise CollectError(f"{label} {limit}: an empty pattern")
-            if not term.startswith("!") and not _quiet(manager, term, limit):
+            if not term.startswith("!") and not _quiet(
+                manager, term, f"{label} {limit}"
+            ):
                 raise CollectError(
                     f"{label} {limit}: {term!r} matches no host in {inventory}"
                 )
-        hosts = _quiet(manager, limit, limit)
+        hosts = _quiet(manager, limit, f"{label} {limit}")
         if not hosts:
             raise CollectError(f"{label} {limit}: matches no host in {inventory}")
 

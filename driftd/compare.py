@@ -18,7 +18,7 @@ from typing import Any
 from deepdiff import DeepDiff
 
 from driftd.baseline import Expected, Matcher
-from driftd.paths import GlobSet, Path, format_path
+from driftd.paths import GlobSet, Path, format_path, lookup
 from driftd.snapshot import Snapshot, strict_equal
 
 KINDS = ("added", "removed", "changed", "type_changed")
@@ -186,16 +186,6 @@ def prune(
     return walk(tree, states, path), cut
 
 
-def _lookup(tree: Mapping[str, Any], path: Path) -> tuple[bool, Any]:
-    node: Any = tree
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return False, None
-        node = node[key]
-
-    return True, node
-
-
 def _count_hidden(
     expected: Mapping[str, Any],
     actual: Mapping[str, Any],
@@ -204,8 +194,8 @@ def _count_hidden(
 ) -> dict[str, int]:
     hidden: dict[str, int] = {}
     for cut_path, rule in dict(cuts).items():
-        had, old = _lookup(expected, cut_path)
-        has, new = _lookup(actual, cut_path)
+        had, old = lookup(expected, cut_path)
+        has, new = lookup(actual, cut_path)
         if had and has:
             count = sum(1 for _ in diff_trees(cut_path, old, new))
         else:
@@ -286,7 +276,7 @@ def compare(
         ):
             unobserved.append(format_path(pin.path))
             continue
-        found, value = _lookup(actual.data, pin.path)
+        found, value = lookup(actual.data, pin.path)
         failed = _pin_item(pin.path, pin.matcher, found, value)
         if failed is not None:
             items.append(failed)

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from driftd.errors import UserError
 
@@ -248,3 +249,14 @@ class GlobSet:
                 return index
 
         return None
+
+
+def lookup(tree: Any, path: Path) -> tuple[bool, Any]:
+    """Whether a tree of mappings holds a value at ``path``, and the value."""
+    node = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False, None
+        node = node[key]
+
+    return True, node

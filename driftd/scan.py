@@ -12,7 +12,6 @@ import functools
 import getpass
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from driftd.baseline import (
     Expected,
     Layer,
     dump_layer,
+    git_commit,
     group_file_name,
     host_file_name,
     is_layer_file,
@@ -49,7 +49,7 @@ from driftd.collect import (
 from driftd.compare import Comparison, DriftItem, compare, prune
 from driftd.config import Settings
 from driftd.errors import UserError
-from driftd.paths import GlobSet, Path, compile_glob, format_path, parse_path
+from driftd.paths import GlobSet, Path, compile_glob, format_path, lookup, parse_path
 from driftd.snapshot import Snapshot, load_dump_text
 from driftd.store import HostRecord, Store
 
@@ -222,44 +222,15 @@ def scan_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def git_commit(directory: FsPath) -> str | None:
-    """HEAD of the git checkout holding ``directory`` (``+dirty`` if changed)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-    return f"{head}+dirty" if dirty else head
-
-
 def _version_ids(
     store: Store, baselines: BaselineSet, layers: Sequence[Any]
 ) -> list[int]:
-    commit: list[str | None] = []
-    ids = []
-    for layer in layers:
-        if not commit:
-            commit.append(git_commit(baselines.root))
-        ids.append(
-            store.baseline_version(
-                layer.name, layer.content_hash, layer.text, git_commit=commit[0]
-            )
+    return [
+        store.baseline_version(
+            layer.name, layer.content_hash, layer.text, git_commit=baselines.commit
         )
-
-    return ids
+        for layer in layers
+    ]
 
 
 # --- scanning -----------------------------------------------------------------------
@@ -672,15 +643,6 @@ def _stored_snapshot(store: Store, host: str) -> Snapshot | None:
     return Snapshot.from_json(text) if text else None
 
 
-def _holds(tree: Any, path: Path) -> bool:
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return False
-        tree = tree[key]
-
-    return True
-
-
 def _set_at(tree: dict[Any, Any], path: Path, value: Any, *, remove: bool) -> None:
     node = tree
     for key in path[:-1]:
@@ -752,10 +714,12 @@ def _accept(
             under_pin = any(item_path[: len(p)] == p for p in pinned)
             # A removal edits this host's snapshot where the value is its own,
             # and needs an absent pin where a shared layer still supplies it.
-            own = _holds(snapshot, item_path) if removed else item_path[0] in snapshot
+            own = (
+                lookup(snapshot, item_path)[0] if removed else item_path[0] in snapshot
+            )
             if own and not under_pin:
                 _set_at(snapshot, item_path, episode["actual"], remove=removed)
-            if not own or under_pin or (removed and _holds(shared, item_path)):
+            if not own or under_pin or (removed and lookup(shared, item_path)[0]):
                 expect[format_path(item_path)] = (
                     {"absent": True} if removed else _pin_value(episode["actual"])
                 )
